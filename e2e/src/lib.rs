@@ -1,0 +1,1 @@
+//! Helpers shared by the e2e tests and benchmarks.

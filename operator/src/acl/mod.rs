@@ -1,0 +1,1 @@
+//! ServiceACL compiler: ACL → NetworkPolicies and allowed-peer lists (pure functions).

@@ -1,0 +1,3 @@
+//! Custom resource types of the `meterpark.io/v1alpha1` API.
+
+pub mod service_acl;

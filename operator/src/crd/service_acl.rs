@@ -1,0 +1,1 @@
+//! `ServiceACL`: who may call whom inside a DeviceHub.

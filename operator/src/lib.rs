@@ -1,0 +1,10 @@
+//! mpm-operator: declarative meter park management on Kubernetes.
+//!
+//! Layout follows "read → compute → apply → status": the pure parts (`crd` validation, `resources`
+//! builders, `pki`, `acl`, `netpol`) never touch the API server; `controller` does the I/O.
+
+pub mod acl;
+pub mod cli;
+pub mod crd;
+pub mod netpol;
+pub mod pki;

@@ -1,0 +1,1 @@
+//! Kubernetes NetworkPolicy v1 evaluator (pure functions) and the reachability matrix.

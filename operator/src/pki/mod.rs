@@ -1,0 +1,1 @@
+//! The per-hub CA, leaf certificates and the renewal schedule (pure functions).
