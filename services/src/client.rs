@@ -1,0 +1,534 @@
+//! Outgoing mTLS calls to peer services: one HTTP/1.1 connection per attempt, timeouts, retries with
+//! exponential backoff and jitter, a per-peer circuit breaker, and `traceparent` propagation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::config::PeerConfig;
+use crate::metrics::Metrics;
+use crate::reload::MaterialStore;
+use crate::util::TraceContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid peer URL {0}")]
+    Url(String),
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("TLS to {addr}: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("HTTP to {addr}: {reason}")]
+    Http { addr: String, reason: String },
+    #[error("timeout calling {0}")]
+    Timeout(String),
+    #[error("circuit open for {0}; not calling")]
+    CircuitOpen(String),
+    #[error("{peer} answered {status}: {body}")]
+    Status {
+        peer: String,
+        status: u16,
+        body: String,
+    },
+    #[error(transparent)]
+    TlsConfig(#[from] crate::tls::TlsError),
+}
+
+impl ClientError {
+    /// Worth retrying (transport errors, 5xx, 408, 429)?
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            ClientError::Url(_) | ClientError::TlsConfig(_) | ClientError::CircuitOpen(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Retry and breaker knobs.
+#[derive(Debug, Clone)]
+pub struct ClientPolicy {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A successful (2xx..4xx that is not transient) answer.
+#[derive(Debug, Clone)]
+pub struct PeerResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    half_open_trial: bool,
+}
+
+/// Breaker states, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+struct Target {
+    host: String,
+    port: u16,
+    base_path: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// mTLS client for the hub's peers.
+pub struct MtlsClient {
+    material: Arc<MaterialStore>,
+    metrics: Arc<Metrics>,
+    policy: ClientPolicy,
+    targets: Mutex<HashMap<String, Arc<Target>>>,
+    breakers: Mutex<HashMap<String, Breaker>>,
+}
+
+fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| ClientError::Url(format!("{url}: must start with https://")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_string()),
+        None => (rest, String::new()),
+    };
+    let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
+        let end = stripped
+            .find(']')
+            .ok_or_else(|| ClientError::Url(url.to_string()))?;
+        let host = &stripped[..end];
+        let port = stripped[end + 1..]
+            .strip_prefix(':')
+            .map(|p| p.parse::<u16>())
+            .transpose()
+            .map_err(|_| ClientError::Url(url.to_string()))?
+            .unwrap_or(443);
+        (host.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| ClientError::Url(url.to_string()))?,
+            ),
+            None => (authority.to_string(), 443),
+        }
+    };
+    if host.is_empty() {
+        return Err(ClientError::Url(url.to_string()));
+    }
+    Ok((host, port, path))
+}
+
+impl MtlsClient {
+    pub fn new(material: Arc<MaterialStore>, metrics: Arc<Metrics>, policy: ClientPolicy) -> Self {
+        Self {
+            material,
+            metrics,
+            policy,
+            targets: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn target(&self, peer: &PeerConfig) -> Result<Arc<Target>, ClientError> {
+        let key = format!("{}|{}", peer.url, peer.spiffe_id);
+        if let Ok(g) = self.targets.lock() {
+            if let Some(t) = g.get(&key) {
+                return Ok(t.clone());
+            }
+        }
+        let (host, port, base_path) = parse_url(&peer.url)?;
+        let tls = crate::tls::client_config(self.material.clone(), &peer.spiffe_id)?;
+        let t = Arc::new(Target {
+            host,
+            port,
+            base_path,
+            tls,
+        });
+        if let Ok(mut g) = self.targets.lock() {
+            g.insert(key, t.clone());
+        }
+        Ok(t)
+    }
+
+    /// The breaker state of a peer URL.
+    pub fn breaker_state(&self, peer: &PeerConfig) -> BreakerState {
+        let Ok(g) = self.breakers.lock() else {
+            return BreakerState::Closed;
+        };
+        match g.get(&peer.url) {
+            Some(b) => match b.open_until {
+                Some(t) if Instant::now() < t => BreakerState::Open,
+                Some(_) => BreakerState::HalfOpen,
+                None => BreakerState::Closed,
+            },
+            None => BreakerState::Closed,
+        }
+    }
+
+    /// May we call? Half-open lets exactly one trial through.
+    fn breaker_admit(&self, key: &str) -> bool {
+        let Ok(mut g) = self.breakers.lock() else {
+            return true;
+        };
+        let b = g.entry(key.to_string()).or_default();
+        match b.open_until {
+            None => true,
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                if b.half_open_trial {
+                    false
+                } else {
+                    b.half_open_trial = true;
+                    true
+                }
+            }
+        }
+    }
+
+    fn breaker_record(&self, key: &str, ok: bool) {
+        let Ok(mut g) = self.breakers.lock() else {
+            return;
+        };
+        let b = g.entry(key.to_string()).or_default();
+        if ok {
+            *b = Breaker::default();
+        } else {
+            b.consecutive_failures = b.consecutive_failures.saturating_add(1);
+            b.half_open_trial = false;
+            if b.consecutive_failures >= self.policy.breaker_threshold {
+                if b.open_until.is_none() {
+                    tracing::warn!(
+                        peer = key,
+                        failures = b.consecutive_failures,
+                        "circuit opened"
+                    );
+                }
+                b.open_until = Some(Instant::now() + self.policy.breaker_cooldown);
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .policy
+            .base_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.policy.max_backoff);
+        let jitter = rand::rng().random_range(0.5..1.0);
+        exp.mul_f64(jitter)
+    }
+
+    /// Calls `peer` with retries. Returns the response for 2xx and non-transient 4xx; errors for
+    /// transport failures and transient statuses after the last attempt.
+    pub async fn call(
+        &self,
+        peer_name: &str,
+        peer: &PeerConfig,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        trace: &TraceContext,
+    ) -> Result<PeerResponse, ClientError> {
+        self.call_with_headers(peer_name, peer, method, path, body, trace, &[])
+            .await
+    }
+
+    /// [`Self::call`] with extra request headers (for example `Authorization`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call_with_headers(
+        &self,
+        peer_name: &str,
+        peer: &PeerConfig,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        trace: &TraceContext,
+        headers: &[(String, String)],
+    ) -> Result<PeerResponse, ClientError> {
+        let target = self.target(peer)?;
+        let mut last = ClientError::CircuitOpen(peer_name.to_string());
+        for attempt in 1..=self.policy.max_attempts.max(1) {
+            if !self.breaker_admit(&peer.url) {
+                self.count(peer_name, "circuit_open");
+                return Err(ClientError::CircuitOpen(peer_name.to_string()));
+            }
+            let child = trace.child();
+            let result = tokio::time::timeout(
+                self.policy.request_timeout,
+                self.once(
+                    &target,
+                    peer_name,
+                    method.clone(),
+                    path,
+                    body.clone(),
+                    &child,
+                    headers,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| Err(ClientError::Timeout(peer_name.to_string())));
+            let result = result.and_then(|r| {
+                if r.status >= 500 || r.status == 408 || r.status == 429 {
+                    Err(ClientError::Status {
+                        peer: peer_name.to_string(),
+                        status: r.status,
+                        body: String::from_utf8_lossy(&r.body).chars().take(200).collect(),
+                    })
+                } else {
+                    Ok(r)
+                }
+            });
+            match result {
+                Ok(r) => {
+                    self.breaker_record(&peer.url, true);
+                    self.count(peer_name, "ok");
+                    return Ok(r);
+                }
+                Err(e) => {
+                    self.breaker_record(&peer.url, false);
+                    self.count(peer_name, "error");
+                    tracing::warn!(peer = peer_name, attempt, error = %e, "outgoing call failed");
+                    if !e.is_transient() {
+                        return Err(e);
+                    }
+                    last = e;
+                    if attempt < self.policy.max_attempts {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn count(&self, peer: &str, outcome: &str) {
+        self.metrics
+            .outgoing
+            .get_or_create(&Metrics::labels(&[("peer", peer), ("outcome", outcome)]))
+            .inc();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn once(
+        &self,
+        target: &Target,
+        peer_name: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        trace: &TraceContext,
+        headers: &[(String, String)],
+    ) -> Result<PeerResponse, ClientError> {
+        let addr = format!("{}:{}", target.host, target.port);
+        let tcp = tokio::time::timeout(self.policy.connect_timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ClientError::Timeout(addr.clone()))?
+            .map_err(|e| ClientError::Connect {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let server_name =
+            ServerName::try_from(target.host.clone()).map_err(|e| ClientError::Tls {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let tls = tokio_rustls::TlsConnector::from(target.tls.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| ClientError::Tls {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let (mut sender, conn) =
+            http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| ClientError::Http {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        let conn_task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let uri = format!("{}{}", target.base_path, path);
+        let has_body = body.is_some();
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::HOST, &addr)
+            .header("traceparent", trace.header_value());
+        if has_body {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Http {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes()
+            .to_vec();
+        conn_task.abort();
+        tracing::debug!(peer = peer_name, status, "outgoing call answered");
+        Ok(PeerResponse { status, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::new("t"));
+        let paths = crate::reload::MaterialPaths {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            bundle: dir.path().join("ca-bundle.pem"),
+            acl: dir.path().join("acl.json"),
+        };
+        let store = MaterialStore::new("t", paths, metrics.clone());
+        let policy = ClientPolicy {
+            max_attempts: 1,
+            breaker_threshold: 2,
+            breaker_cooldown: Duration::from_millis(200),
+            connect_timeout: Duration::from_millis(500),
+            ..ClientPolicy::default()
+        };
+        let client = MtlsClient::new(store, metrics, policy);
+        // A port nobody listens on.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let peer = PeerConfig {
+            url: format!("https://{addr}"),
+            spiffe_id: "spiffe://cluster.local/ns/x/sa/y".into(),
+        };
+        let tc = TraceContext::new_root();
+        for _ in 0..2 {
+            let e = client
+                .call("p", &peer, http::Method::GET, "/", None, &tc)
+                .await
+                .expect_err("nothing listens");
+            assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+        }
+        assert_eq!(client.breaker_state(&peer), BreakerState::Open);
+        let e = client
+            .call("p", &peer, http::Method::GET, "/", None, &tc)
+            .await
+            .expect_err("open");
+        assert!(matches!(e, ClientError::CircuitOpen(_)), "{e}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(client.breaker_state(&peer), BreakerState::HalfOpen);
+        // The half-open trial goes out (and fails again: open once more).
+        let e = client
+            .call("p", &peer, http::Method::GET, "/", None, &tc)
+            .await
+            .expect_err("trial fails");
+        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+        assert_eq!(client.breaker_state(&peer), BreakerState::Open);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::new("t"));
+        let paths = crate::reload::MaterialPaths {
+            cert: dir.path().join("a"),
+            key: dir.path().join("b"),
+            bundle: dir.path().join("c"),
+            acl: dir.path().join("d"),
+        };
+        let client = MtlsClient::new(
+            MaterialStore::new("t", paths, metrics.clone()),
+            metrics,
+            ClientPolicy::default(),
+        );
+        let b1 = client.backoff(1);
+        let b4 = client.backoff(4);
+        assert!(
+            b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+            "{b1:?}"
+        );
+        assert!(
+            b4 >= Duration::from_millis(400) && b4 <= Duration::from_millis(800),
+            "{b4:?}"
+        );
+        assert!(client.backoff(30) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(
+            parse_url("https://demo-device-hub.park.svc:8443").ok(),
+            Some(("demo-device-hub.park.svc".to_string(), 8443, String::new()))
+        );
+        assert_eq!(
+            parse_url("https://127.0.0.1:1234/base/").ok(),
+            Some(("127.0.0.1".to_string(), 1234, "/base".to_string()))
+        );
+        assert_eq!(
+            parse_url("https://[::1]:99").ok(),
+            Some(("::1".to_string(), 99, String::new()))
+        );
+        assert!(parse_url("http://x:1").is_err());
+        assert!(parse_url("https://x:notaport").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! `config.json` and the environment overrides (contract: Mounted files / config.json).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors while reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("invalid address in {var}={value}: {source}")]
+    Addr {
+        var: &'static str,
+        value: String,
+        source: std::net::AddrParseError,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// One peer service of the hub.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerConfig {
+    pub url: String,
+    pub spiffe_id: String,
+}
+
+/// The head-end system (connector only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HesConfig {
+    pub endpoint: Option<String>,
+}
+
+/// JWT validation settings (smoc-service only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+}
+
+/// `config.json` (contract: config.json).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceConfig {
+    pub hub: String,
+    pub namespace: String,
+    pub service: String,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub peers: BTreeMap<String, PeerConfig>,
+    #[serde(default)]
+    pub hes: Option<HesConfig>,
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".to_string()
+}
+
+impl ServiceConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&bytes).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The peer entry for a service name, or a typed error naming it.
+    pub fn peer(&self, name: &str) -> Result<&PeerConfig, ConfigError> {
+        self.peers
+            .get(name)
+            .ok_or_else(|| ConfigError::Invalid(format!("peers.{name} missing in config.json")))
+    }
+}
+
+// contract: Mounted files
+pub const DEFAULT_CONFIG: &str = "/etc/mpm/config/config.json";
+pub const DEFAULT_TLS_DIR: &str = "/etc/mpm/tls";
+pub const DEFAULT_TRUST_DIR: &str = "/etc/mpm/trust";
+pub const DEFAULT_ACL_FILE: &str = "/etc/mpm/acl/allowed-peers.json";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/mpm";
+// contract: Ports
+pub const DEFAULT_HTTPS_ADDR: &str = "0.0.0.0:8443";
+pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8080";
+pub const DEFAULT_INGEST_ADDR: &str = "0.0.0.0:8090";
+
+/// Where a service finds its files and which addresses it listens on.
+#[derive(Debug, Clone)]
+pub struct RuntimePaths {
+    pub config_file: PathBuf,
+    pub tls_dir: PathBuf,
+    pub trust_dir: PathBuf,
+    pub acl_file: PathBuf,
+    pub data_dir: PathBuf,
+    pub https_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+}
+
+impl RuntimePaths {
+    /// Contract defaults with the `MPM_*` environment overrides applied.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let path = |var: &str, default: &str| {
+            PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_string()))
+        };
+        let addr = |var: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
+            let value = std::env::var(var).unwrap_or_else(|_| default.to_string());
+            value.parse().map_err(|source| ConfigError::Addr {
+                var,
+                value: value.clone(),
+                source,
+            })
+        };
+        Ok(Self {
+            config_file: path("MPM_CONFIG", DEFAULT_CONFIG),
+            tls_dir: path("MPM_TLS_DIR", DEFAULT_TLS_DIR),
+            trust_dir: path("MPM_TRUST_DIR", DEFAULT_TRUST_DIR),
+            acl_file: path("MPM_ACL_FILE", DEFAULT_ACL_FILE),
+            data_dir: path("MPM_DATA_DIR", DEFAULT_DATA_DIR),
+            https_addr: addr("MPM_HTTPS_ADDR", DEFAULT_HTTPS_ADDR)?,
+            health_addr: addr("MPM_HEALTH_ADDR", DEFAULT_HEALTH_ADDR)?,
+        })
+    }
+
+    pub fn cert_file(&self) -> PathBuf {
+        self.tls_dir.join("tls.crt")
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.tls_dir.join("tls.key")
+    }
+
+    pub fn bundle_file(&self) -> PathBuf {
+        self.trust_dir.join("ca-bundle.pem")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_contract_example() {
+        let json = br#"{
+  "hub": "demo", "namespace": "park", "service": "device-hub", "trustDomain": "cluster.local",
+  "peers": { "device-hub": { "url": "https://demo-device-hub.park.svc:8443",
+                              "spiffeId": "spiffe://cluster.local/ns/park/sa/demo-device-hub" },
+             "smoc-service": { "url": "https://demo-smoc-service.park.svc:8443",
+                               "spiffeId": "spiffe://cluster.local/ns/park/sa/demo-smoc-service" } },
+  "hes": { "endpoint": "https://hes.example:443" },
+  "jwt": { "issuer": "https://keycloak.example/realms/utility", "audience": "smoc-api",
+           "jwksFile": "/etc/mpm/config/jwks.json", "jwksUrl": null }
+}"#;
+        let cfg = ServiceConfig::parse(json).expect("contract example parses");
+        assert_eq!(cfg.service, "device-hub");
+        assert_eq!(
+            cfg.peer("smoc-service").map(|p| p.spiffe_id.as_str()).ok(),
+            Some("spiffe://cluster.local/ns/park/sa/demo-smoc-service")
+        );
+        let jwt = cfg.jwt.clone().expect("jwt section");
+        assert_eq!(jwt.jwks_url, None);
+        assert!(cfg.peer("nope").is_err());
+    }
+}

@@ -1,0 +1,560 @@
+//! device-hub (contract: device-hub API): the meter registry. Persists meters, provisions them to
+//! smoc-service and forwards readings through a persisted outbox (never lost, retried in the
+//! background).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex, Notify};
+use tracing::Instrument;
+
+use crate::client::{ClientError, ClientPolicy, MtlsClient};
+use crate::config::PeerConfig;
+use crate::iec::{EventKind, NormalizedEvent};
+use crate::metrics::Metrics;
+use crate::server::{json_error, start_common, RequestTrace, Running, ServerError, ServiceContext};
+use crate::store::{queue_key, Store, StoreError, WriteOp};
+use crate::util::{rfc3339, uuid_like, TraceContext};
+
+pub const SERVICE: &str = "device-hub";
+pub const STORE_FILE: &str = "device-hub.redb";
+pub const METERS: &str = "meters";
+pub const OUTBOX: &str = "outbox";
+pub const EVENTS: &str = "events";
+/// contract: device-hub API, batch "at most 500".
+pub const MAX_BATCH: usize = 500;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum DesiredState {
+    Active,
+    Decommissioned,
+}
+
+/// The PUT body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterSpec {
+    pub serial_number: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub protocol: String,
+    pub hes_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<serde_json::Value>,
+    pub desired_state: DesiredState,
+}
+
+/// The stored and returned record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterRecord {
+    pub device_id: String,
+    pub serial_number: String,
+    pub state: String,
+    pub provisioned_at: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub protocol: String,
+    pub hes_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<serde_json::Value>,
+    pub desired_state: DesiredState,
+}
+
+/// A call to smoc-service waiting to be delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxItem {
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    pub traceparent: String,
+    #[serde(default)]
+    pub attempts: u32,
+    pub enqueued_at: String,
+}
+
+fn valid_serial(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 128 {
+        return Err("serialNumber must be 1..128 characters".into());
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(format!(
+            "serialNumber {s:?} may only contain letters, digits, '-', '_', '.', ':'"
+        ));
+    }
+    Ok(())
+}
+
+impl MeterSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        valid_serial(&self.serial_number)?;
+        for (name, v) in [
+            ("manufacturer", &self.manufacturer),
+            ("model", &self.model),
+            ("protocol", &self.protocol),
+            ("hesId", &self.hes_id),
+        ] {
+            if v.trim().is_empty() {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> &'static str {
+        match self.desired_state {
+            DesiredState::Active => "Provisioned",
+            DesiredState::Decommissioned => "Decommissioned",
+        }
+    }
+}
+
+/// Parses a PUT body, naming what is wrong.
+pub fn parse_spec(body: &[u8]) -> Result<MeterSpec, String> {
+    let spec: MeterSpec =
+        serde_json::from_slice(body).map_err(|e| format!("invalid meter JSON: {e}"))?;
+    spec.validate()?;
+    Ok(spec)
+}
+
+struct Hub {
+    store: Store,
+    client: Arc<MtlsClient>,
+    smoc: Option<PeerConfig>,
+    write_lock: Mutex<()>,
+    outbox_notify: Notify,
+    metrics: Arc<Metrics>,
+}
+
+fn outbox_put(spec: &MeterRecord, trace: &TraceContext) -> Result<WriteOp, StoreError> {
+    let item = OutboxItem {
+        method: "PUT".into(),
+        path: format!("/v1/devices/{}", spec.serial_number),
+        body: Some(serde_json::to_value(spec).map_err(StoreError::Encode)?),
+        traceparent: trace.header_value(),
+        attempts: 0,
+        enqueued_at: rfc3339(chrono::Utc::now()),
+    };
+    WriteOp::put_json(OUTBOX, &queue_key(), &item)
+}
+
+/// Creates or updates; returns the status (200/201) and the record.
+fn upsert(
+    store: &Store,
+    spec: MeterSpec,
+    trace: &TraceContext,
+) -> Result<(u16, MeterRecord), StoreError> {
+    let existing: Option<MeterRecord> = store.get_json(METERS, &spec.serial_number)?;
+    let now = rfc3339(chrono::Utc::now());
+    let (status, record) = match existing {
+        Some(old) => {
+            let new = MeterRecord {
+                device_id: old.device_id.clone(),
+                serial_number: old.serial_number.clone(),
+                state: spec.state().to_string(),
+                provisioned_at: old.provisioned_at.clone(),
+                manufacturer: spec.manufacturer,
+                model: spec.model,
+                protocol: spec.protocol,
+                hes_id: spec.hes_id,
+                location: spec.location,
+                desired_state: spec.desired_state,
+            };
+            if new == old {
+                return Ok((200, old));
+            }
+            (200, new)
+        }
+        None => (
+            201,
+            MeterRecord {
+                device_id: format!("dev-{}", uuid_like()),
+                state: spec.state().to_string(),
+                serial_number: spec.serial_number,
+                provisioned_at: now,
+                manufacturer: spec.manufacturer,
+                model: spec.model,
+                protocol: spec.protocol,
+                hes_id: spec.hes_id,
+                location: spec.location,
+                desired_state: spec.desired_state,
+            },
+        ),
+    };
+    store.apply(&[
+        WriteOp::put_json(METERS, &record.serial_number, &record)?,
+        outbox_put(&record, trace)?,
+    ])?;
+    Ok((status, record))
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "internal error");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+}
+
+async fn put_meter(
+    State(hub): State<Arc<Hub>>,
+    Path(serial): Path<String>,
+    Extension(trace): Extension<RequestTrace>,
+    body: Bytes,
+) -> Response {
+    let spec = match parse_spec(&body) {
+        Ok(s) => s,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    if spec.serial_number != serial {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "serialNumber {:?} does not match the path serial {serial:?}",
+                spec.serial_number
+            ),
+        );
+    }
+    let _guard = hub.write_lock.lock().await;
+    let tc = trace.0.clone();
+    match hub.store.run(move |s| upsert(s, spec, &tc)).await {
+        Ok((status, record)) => {
+            hub.outbox_notify.notify_one();
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            (code, Json(record)).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_meter(State(hub): State<Arc<Hub>>, Path(serial): Path<String>) -> Response {
+    let key = serial.clone();
+    match hub
+        .store
+        .run(move |s| s.get_json::<MeterRecord>(METERS, &key))
+        .await
+    {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, format!("meter {serial} not found")),
+        Err(e) => internal(e),
+    }
+}
+
+async fn delete_meter(
+    State(hub): State<Arc<Hub>>,
+    Path(serial): Path<String>,
+    Extension(trace): Extension<RequestTrace>,
+) -> Response {
+    let _guard = hub.write_lock.lock().await;
+    let tp = trace.0.header_value();
+    let r = hub
+        .store
+        .run(move |s| {
+            if s.get_json::<MeterRecord>(METERS, &serial)?.is_none() {
+                return Ok(false);
+            }
+            let item = OutboxItem {
+                method: "DELETE".into(),
+                path: format!("/v1/devices/{serial}"),
+                body: None,
+                traceparent: tp,
+                attempts: 0,
+                enqueued_at: rfc3339(chrono::Utc::now()),
+            };
+            s.apply(&[
+                WriteOp::delete(METERS, &serial),
+                WriteOp::put_json(OUTBOX, &queue_key(), &item)?,
+            ])?;
+            Ok(true)
+        })
+        .await;
+    match r {
+        Ok(enqueued) => {
+            if enqueued {
+                hub.outbox_notify.notify_one();
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn list_meters(State(hub): State<Arc<Hub>>) -> Response {
+    match hub.store.run(|s| s.list_json::<MeterRecord>(METERS)).await {
+        Ok(items) => Json(serde_json::json!({
+            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchBody {
+    items: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchResult {
+    serial_number: Option<String>,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meter: Option<MeterRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn batch(
+    State(hub): State<Arc<Hub>>,
+    Extension(trace): Extension<RequestTrace>,
+    body: Bytes,
+) -> Response {
+    let parsed: BatchBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid batch JSON (expected {{\"items\": [...]}}): {e}"),
+            )
+        }
+    };
+    if parsed.items.len() > MAX_BATCH {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "batch has {} items; at most {MAX_BATCH}",
+                parsed.items.len()
+            ),
+        );
+    }
+    let _guard = hub.write_lock.lock().await;
+    let tc = trace.0.clone();
+    let r = hub
+        .store
+        .run(move |s| {
+            let mut results = Vec::with_capacity(parsed.items.len());
+            for item in parsed.items {
+                let serial = item
+                    .get("serialNumber")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                let spec = serde_json::from_value::<MeterSpec>(item)
+                    .map_err(|e| format!("invalid meter JSON: {e}"))
+                    .and_then(|s| s.validate().map(|_| s));
+                match spec {
+                    Ok(spec) => {
+                        let (status, meter) = upsert(s, spec, &tc)?;
+                        results.push(BatchResult {
+                            serial_number: serial,
+                            status,
+                            meter: Some(meter),
+                            error: None,
+                        });
+                    }
+                    Err(e) => results.push(BatchResult {
+                        serial_number: serial,
+                        status: 400,
+                        meter: None,
+                        error: Some(e),
+                    }),
+                }
+            }
+            Ok(results)
+        })
+        .await;
+    match r {
+        Ok(results) => {
+            hub.outbox_notify.notify_one();
+            Json(serde_json::json!({ "results": results })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn post_event(
+    State(hub): State<Arc<Hub>>,
+    Extension(trace): Extension<RequestTrace>,
+    body: Bytes,
+) -> Response {
+    let ev: NormalizedEvent = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid event JSON: {e}")),
+    };
+    if let Err(e) = ev.validate() {
+        return json_error(StatusCode::BAD_REQUEST, format!("invalid event: {e}"));
+    }
+    let tp = trace.0.header_value();
+    let r = hub
+        .store
+        .run(move |s| {
+            let mut ops = vec![WriteOp::put_json(
+                EVENTS,
+                &format!("{}|{}|{}", ev.serial_number, ev.timestamp, queue_key()),
+                &ev,
+            )?];
+            if ev.kind == EventKind::Reading {
+                let item = OutboxItem {
+                    method: "POST".into(),
+                    path: "/v1/readings".into(),
+                    body: Some(serde_json::json!({
+                        "serialNumber": ev.serial_number,
+                        "timestamp": ev.timestamp,
+                        "readingType": ev.reading_type,
+                        "value": ev.value,
+                        "unit": ev.unit,
+                    })),
+                    traceparent: tp,
+                    attempts: 0,
+                    enqueued_at: rfc3339(chrono::Utc::now()),
+                };
+                ops.push(WriteOp::put_json(OUTBOX, &queue_key(), &item)?);
+            }
+            s.apply(&ops)
+        })
+        .await;
+    match r {
+        Ok(()) => {
+            hub.outbox_notify.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({"accepted": true})),
+            )
+                .into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// The HTTPS API router (ACL and tracing are added by the server).
+fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/v1/meters", get(list_meters))
+        .route("/v1/meters:batch", post(batch))
+        .route(
+            "/v1/meters/{serial}",
+            put(put_meter).get(get_meter).delete(delete_meter),
+        )
+        .route("/v1/events", post(post_event))
+        .with_state(hub)
+}
+
+/// Delivers outbox items in order; transient failures wait with backoff, permanent ones (4xx) are
+/// dropped with an error log.
+async fn outbox_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let Some(smoc) = hub.smoc.clone() else {
+        tracing::warn!("no smoc-service peer configured; outbox will not be delivered");
+        return;
+    };
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let pending = match hub
+            .store
+            .run(|s| s.range_json::<OutboxItem>(OUTBOX, "", None, 100))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read outbox");
+                Vec::new()
+            }
+        };
+        hub.metrics.outbox.set(pending.len() as i64);
+        let mut failed = false;
+        for (key, item) in pending {
+            if *shutdown.borrow() {
+                return;
+            }
+            let method =
+                http::Method::from_bytes(item.method.as_bytes()).unwrap_or(http::Method::POST);
+            let trace = TraceContext::from_header_or_new(Some(&item.traceparent));
+            let body = item.body.as_ref().and_then(|b| serde_json::to_vec(b).ok());
+            let span = tracing::info_span!("outbox", trace_id = %trace.trace_id, path = %item.path);
+            let outcome = tokio::select! {
+                r = hub.client.call("smoc-service", &smoc, method, &item.path, body, &trace).instrument(span) => r,
+                _ = shutdown.changed() => return,
+            };
+            match outcome {
+                Ok(resp) if (200..300).contains(&resp.status) => {
+                    let k = key.clone();
+                    if let Err(e) = hub.store.run(move |s| s.delete(OUTBOX, &k)).await {
+                        tracing::error!(error = %e, "cannot delete delivered outbox item");
+                    }
+                }
+                Ok(resp) => {
+                    tracing::error!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service refused outbox item; dropping it");
+                    let k = key.clone();
+                    if let Err(e) = hub.store.run(move |s| s.delete(OUTBOX, &k)).await {
+                        tracing::error!(error = %e, "cannot delete refused outbox item");
+                    }
+                }
+                Err(e) => {
+                    let permanent = !e.is_transient() && !matches!(e, ClientError::CircuitOpen(_));
+                    tracing::warn!(path = %item.path, error = %e, permanent, "outbox delivery failed");
+                    let mut updated = item.clone();
+                    updated.attempts = updated.attempts.saturating_add(1);
+                    let k = key.clone();
+                    let _ = hub
+                        .store
+                        .run(move |s| s.put_json(OUTBOX, &k, &updated))
+                        .await;
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let wait = if failed {
+            let w = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            w
+        } else {
+            backoff = Duration::from_millis(500);
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            _ = hub.outbox_notify.notified(), if !failed => {},
+            _ = tokio::time::sleep(wait) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Starts device-hub: store, HTTPS API, health port, outbox worker.
+pub async fn start(ctx: ServiceContext) -> Result<Running, ServerError> {
+    let store = Store::open(&ctx.paths.data_dir, STORE_FILE)?;
+    let client = Arc::new(MtlsClient::new(
+        ctx.material.clone(),
+        ctx.metrics.clone(),
+        ClientPolicy::default(),
+    ));
+    let hub = Arc::new(Hub {
+        store,
+        client,
+        smoc: ctx.config.peers.get("smoc-service").cloned(),
+        write_lock: Mutex::new(()),
+        outbox_notify: Notify::new(),
+        metrics: ctx.metrics.clone(),
+    });
+    let mut running = start_common(&ctx, router(hub.clone())).await?;
+    let sd = ctx.shutdown.clone();
+    running.tasks.spawn(async move {
+        outbox_worker(hub, sd).await;
+        Ok(())
+    });
+    Ok(running)
+}

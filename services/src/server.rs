@@ -1,0 +1,489 @@
+//! The HTTPS (mTLS) listener with per-request ACL enforcement, the plain-HTTP health listener, and
+//! the scaffolding every service shares (material polling, graceful shutdown).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::config::{RuntimePaths, ServiceConfig};
+use crate::metrics::Metrics;
+use crate::reload::{MaterialPaths, MaterialStore};
+use crate::util::TraceContext;
+
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The verified SPIFFE ID of the peer of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Option<String>);
+
+/// The request's trace context (from `traceparent` or new).
+#[derive(Debug, Clone)]
+pub struct RequestTrace(pub TraceContext);
+
+/// Route template that handled a request (copied into the response for the metrics layer).
+#[derive(Debug, Clone)]
+struct RouteTag(String);
+
+/// `{"error": msg}` with a status.
+pub fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// Everything a running service shares.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub name: String,
+    pub paths: RuntimePaths,
+    pub config: ServiceConfig,
+    pub metrics: Arc<Metrics>,
+    pub material: Arc<MaterialStore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub poll_interval: Duration,
+    pub drain_deadline: Duration,
+}
+
+impl ServiceContext {
+    pub fn new(
+        name: &str,
+        paths: RuntimePaths,
+        config: ServiceConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new(name));
+        let material =
+            MaterialStore::new(name, MaterialPaths::from_runtime(&paths), metrics.clone());
+        Self {
+            name: name.to_string(),
+            paths,
+            config,
+            metrics,
+            material,
+            shutdown,
+            poll_interval: crate::reload::POLL_INTERVAL,
+            drain_deadline: DRAIN_DEADLINE,
+        }
+    }
+}
+
+/// Addresses of a started service and its completion handle.
+pub struct Running {
+    pub https_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub ingest_addr: Option<SocketAddr>,
+    pub tasks: JoinSet<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// Waits until every task ended (after shutdown) and returns the first error.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        let mut first = Ok(());
+        while let Some(r) = self.tasks.join_next().await {
+            let r = r
+                .map_err(|e| ServerError::Other(format!("task failed: {e}")))
+                .and_then(|r| r);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+/// Flips the returned receiver to `true` on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install SIGTERM handler");
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutdown signal received");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+async fn tag_route(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let mut resp = next.run(req).await;
+    if let Some(r) = route {
+        resp.extensions_mut().insert(RouteTag(r));
+    }
+    resp
+}
+
+/// Outermost layer: trace context, request span, metrics, access log.
+async fn trace_and_count(
+    State(metrics): State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let tc = TraceContext::from_header_or_new(header);
+    let peer = req
+        .extensions()
+        .get::<PeerIdentity>()
+        .and_then(|p| p.0.clone())
+        .unwrap_or_default();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", trace_id = %tc.trace_id, method = %method, path = %path, peer = %peer);
+    let traceparent = tc.header_value();
+    req.extensions_mut().insert(RequestTrace(tc));
+    let started = Instant::now();
+    async move {
+        let mut resp = next.run(req).await;
+        let route = resp
+            .extensions()
+            .get::<RouteTag>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| "unmatched".to_string());
+        let status = resp.status().as_u16().to_string();
+        metrics
+            .requests
+            .get_or_create(&Metrics::labels(&[
+                ("route", &route),
+                ("method", &method),
+                ("status", &status),
+            ]))
+            .inc();
+        tracing::info!(status = %status, route = %route, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            resp.headers_mut().insert("traceparent", v);
+        }
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+/// Enforces allowed-peers.json per request.
+async fn enforce_acl(
+    State(store): State<Arc<MaterialStore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<PeerIdentity>()
+        .and_then(|p| p.0.clone());
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let decision = store.acl().check(peer.as_deref(), &method, &path);
+    if decision.is_allowed() {
+        return next.run(req).await;
+    }
+    let who = peer.unwrap_or_else(|| "<no spiffe id>".to_string());
+    let msg = decision.message(&who, &method, &path);
+    tracing::warn!(peer = %who, method = %method, path = %path, reason = ?decision, "request denied by ACL");
+    store
+        .metrics()
+        .acl_denials
+        .get_or_create(&Metrics::labels(&[("peer", &who)]))
+        .inc();
+    json_error(StatusCode::FORBIDDEN, msg)
+}
+
+fn tagged(router: Router) -> Router {
+    if router.has_routes() {
+        router.route_layer(middleware::from_fn(tag_route))
+    } else {
+        router
+    }
+}
+
+/// Wraps a service router with route tagging, ACL enforcement and tracing/metrics.
+pub fn secure_app(router: Router, ctx: &ServiceContext) -> Router {
+    tagged(router)
+        .layer(middleware::from_fn_with_state(
+            ctx.material.clone(),
+            enforce_acl,
+        ))
+        .layer(middleware::from_fn_with_state(
+            ctx.metrics.clone(),
+            trace_and_count,
+        ))
+}
+
+/// Wraps a plain router (ingest) with tracing/metrics only.
+pub fn traced_app(router: Router, ctx: &ServiceContext) -> Router {
+    tagged(router).layer(middleware::from_fn_with_state(
+        ctx.metrics.clone(),
+        trace_and_count,
+    ))
+}
+
+/// Serves `app` over mTLS until `shutdown` flips, then drains in-flight connections for at most
+/// `drain`.
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<(), ServerError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut conns: JoinSet<()> = JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {},
+            accepted = listener.accept() => {
+                let (tcp, remote) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                let metrics = metrics.clone();
+                let mut sd = shutdown.clone();
+                conns.spawn(async move {
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            metrics.handshake_failures.inc();
+                            tracing::warn!(remote = %remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.handshake_failures.inc();
+                            tracing::warn!(remote = %remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let peer = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(crate::tls::peer_spiffe_id);
+                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(PeerIdentity(peer.clone()));
+                        let app = app.clone();
+                        async move {
+                            let resp: Result<Response, Infallible> = app.oneshot(req.map(Body::new)).await;
+                            resp
+                        }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                tracing::debug!(remote = %remote, error = %e, "connection ended with error");
+                            }
+                        }
+                        _ = sd.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let drained =
+        tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = conns.len(),
+            "drain deadline reached; aborting connections"
+        );
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// Serves a plain-HTTP router until `shutdown` flips (graceful).
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .map_err(|e| ServerError::Other(format!("plain HTTP server: {e}")))
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, `/status` (contract: Health port).
+pub fn health_router(ctx: &ServiceContext) -> Router {
+    let store = ctx.material.clone();
+    let metrics = ctx.metrics.clone();
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/readyz",
+            get({
+                let store = store.clone();
+                move || async move {
+                    match store.readiness() {
+                        Ok(()) => (StatusCode::OK, "ready".to_string()),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }),
+        )
+        .route("/status", get(move || async move { Json(store.status()) }))
+}
+
+/// Binds the HTTPS and health listeners, starts the material poller, and spawns both servers.
+pub async fn start_common(ctx: &ServiceContext, app: Router) -> Result<Running, ServerError> {
+    let https = bind(ctx.paths.https_addr).await?;
+    let health = bind(ctx.paths.health_addr).await?;
+    let https_addr = https.local_addr().map_err(|source| ServerError::Bind {
+        addr: ctx.paths.https_addr,
+        source,
+    })?;
+    let health_addr = health.local_addr().map_err(|source| ServerError::Bind {
+        addr: ctx.paths.health_addr,
+        source,
+    })?;
+    let tls = crate::tls::server_config(ctx.material.clone())?;
+    let mut tasks = JoinSet::new();
+    let poller = ctx.material.clone();
+    let (interval, sd) = (ctx.poll_interval, ctx.shutdown.clone());
+    tasks.spawn(async move {
+        poller.watch(interval, sd).await;
+        Ok(())
+    });
+    tasks.spawn(serve_https(
+        https,
+        tls,
+        secure_app(app, ctx),
+        ctx.metrics.clone(),
+        ctx.shutdown.clone(),
+        ctx.drain_deadline,
+    ));
+    tasks.spawn(serve_plain(
+        health,
+        health_router(ctx),
+        ctx.shutdown.clone(),
+    ));
+    tracing::info!(service = %ctx.name, https = %https_addr, health = %health_addr, "listening");
+    Ok(Running {
+        https_addr,
+        health_addr,
+        ingest_addr: None,
+        tasks,
+    })
+}
+
+/// The peer identity of a request (set by the HTTPS listener).
+pub fn peer_of(req_ext: &axum::http::Extensions) -> Option<String> {
+    req_ext.get::<PeerIdentity>().and_then(|p| p.0.clone())
+}
+
+/// Shared binary entry: logs, env paths, config, run until signalled.
+pub async fn main_entry<F, Fut>(name: &str, start: F) -> Result<(), ServerError>
+where
+    F: FnOnce(ServiceContext) -> Fut,
+    Fut: std::future::Future<Output = Result<Running, ServerError>>,
+{
+    crate::telemetry::init(name);
+    let paths = RuntimePaths::from_env()?;
+    let config = ServiceConfig::load(&paths.config_file)?;
+    if config.service != name {
+        tracing::warn!(configured = %config.service, binary = name, "config.json names another service");
+    }
+    let shutdown = shutdown_on_signals();
+    let ctx = ServiceContext::new(name, paths, config, shutdown);
+    let running = start(ctx).await?;
+    let r = running.wait().await;
+    tracing::info!(service = name, "stopped");
+    r
+}

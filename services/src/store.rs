@@ -1,0 +1,278 @@
+//! Durable key-value persistence on redb under the data dir. Every write is its own transaction
+//! committed with `Durability::Immediate`, so a SIGTERM right after an answer loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open { path: PathBuf, source: redb::Error },
+    #[error("cannot create data dir {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("store record {key} is not valid JSON: {source}")]
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("store: cannot encode record: {0}")]
+    Encode(serde_json::Error),
+    #[error("store task failed: {0}")]
+    Join(String),
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// One write of [`Store::apply`]: a put (`value` set) or a delete.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub table: String,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+impl WriteOp {
+    pub fn put_json<T: Serialize>(table: &str, key: &str, value: &T) -> Result<Self, StoreError> {
+        Ok(Self {
+            table: table.to_string(),
+            key: key.to_string(),
+            value: Some(serde_json::to_vec(value).map_err(StoreError::Encode)?),
+        })
+    }
+
+    pub fn delete(table: &str, key: &str) -> Self {
+        Self {
+            table: table.to_string(),
+            key: key.to_string(),
+            value: None,
+        }
+    }
+}
+
+/// A redb database holding JSON values in string-keyed tables.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/<file>`.
+    pub fn open(data_dir: &Path, file: &str) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Dir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(file);
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn def(table: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(table)
+    }
+
+    /// Applies several writes, possibly to different tables, in one durable transaction.
+    pub fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(Durability::Immediate).map_err(db_err)?;
+        for op in ops {
+            let mut t = tx.open_table(Self::def(&op.table)).map_err(db_err)?;
+            match &op.value {
+                Some(v) => {
+                    t.insert(op.key.as_str(), v.as_slice()).map_err(db_err)?;
+                }
+                None => {
+                    t.remove(op.key.as_str()).map_err(db_err)?;
+                }
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Puts and deletes in one table, atomically and durably.
+    pub fn write_batch(
+        &self,
+        table: &str,
+        puts: &[(String, Vec<u8>)],
+        deletes: &[String],
+    ) -> Result<(), StoreError> {
+        let mut ops: Vec<WriteOp> = puts
+            .iter()
+            .map(|(k, v)| WriteOp {
+                table: table.to_string(),
+                key: k.clone(),
+                value: Some(v.clone()),
+            })
+            .collect();
+        ops.extend(deletes.iter().map(|k| WriteOp::delete(table, k)));
+        self.apply(&ops)
+    }
+
+    pub fn put_json<T: Serialize>(
+        &self,
+        table: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(StoreError::Encode)?;
+        self.write_batch(table, &[(key.to_string(), bytes)], &[])
+    }
+
+    pub fn delete(&self, table: &str, key: &str) -> Result<(), StoreError> {
+        self.write_batch(table, &[], &[key.to_string()])
+    }
+
+    pub fn get_json<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = match tx.open_table(Self::def(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        match t.get(key).map_err(db_err)? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|source| StoreError::Decode {
+                    key: key.to_string(),
+                    source,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries with `start <= key < end` (or all with the prefix when `end` is `None`), in key order,
+    /// at most `limit`.
+    pub fn range_json<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        start: &str,
+        end: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = match tx.open_table(Self::def(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        let iter = t.range(start..).map_err(db_err)?;
+        for item in iter {
+            let (k, v) = item.map_err(db_err)?;
+            let key = k.value().to_string();
+            match end {
+                Some(e) if key.as_str() >= e => break,
+                None if !key.starts_with(start) => break,
+                _ => {}
+            }
+            let value = serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
+                key: key.clone(),
+                source,
+            })?;
+            out.push((key, value));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// All entries of a table.
+    pub fn list_json<T: DeserializeOwned>(
+        &self,
+        table: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.range_json(table, "", None, usize::MAX)
+    }
+
+    pub fn count(&self, table: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        match tx.open_table(Self::def(table)) {
+            Ok(t) => Ok(redb::ReadableTableMetadata::len(&t).map_err(db_err)?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Runs a blocking store operation off the async runtime.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+}
+
+/// A monotonic, sortable key for queues (outbox, dead letters): nanoseconds plus a counter.
+pub fn queue_key() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default()
+        .max(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) % 1_000_000;
+    format!("{nanos:020}-{n:06}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path(), "t.redb").expect("open");
+            s.put_json("m", "a|1", &1u32).expect("put");
+            s.put_json("m", "a|2", &2u32).expect("put");
+            s.put_json("m", "b|1", &3u32).expect("put");
+            s.delete("m", "a|1").expect("delete");
+        }
+        let s = Store::open(dir.path(), "t.redb").expect("reopen");
+        assert_eq!(s.get_json::<u32>("m", "a|2").expect("get"), Some(2));
+        assert_eq!(s.get_json::<u32>("m", "a|1").expect("get"), None);
+        assert_eq!(s.get_json::<u32>("nope", "x").expect("get"), None);
+        let a: Vec<(String, u32)> = s.range_json("m", "a|", None, 100).expect("range");
+        assert_eq!(a, vec![("a|2".to_string(), 2)]);
+        assert_eq!(s.count("m").expect("count"), 2);
+        assert!(queue_key() < queue_key());
+    }
+}

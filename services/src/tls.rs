@@ -1,0 +1,405 @@
+//! rustls (ring provider) mTLS configuration whose certificate, key and trust bundle come from a
+//! [`MaterialStore`] at handshake time, so reloaded material applies to new connections only.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+
+use crate::reload::MaterialStore;
+use crate::util::sha256_hex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("no PEM certificate found in {0}")]
+    NoCertificate(&'static str),
+    #[error("invalid PEM in {what}: {reason}")]
+    Pem { what: &'static str, reason: String },
+    #[error("invalid private key: {0}")]
+    Key(String),
+    #[error("certificate does not match the private key: {0}")]
+    KeyMismatch(String),
+    #[error("invalid certificate in {what}: {reason}")]
+    Certificate { what: &'static str, reason: String },
+    #[error("trust bundle has no usable CA certificate: {0}")]
+    Bundle(String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The crypto provider every config uses: ring, explicitly.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Facts about one X.509 certificate.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub serial_hex: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    pub spiffe_ids: Vec<String>,
+}
+
+/// Parses serial, validity and URI SANs that are SPIFFE IDs.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let to_utc = |t: x509_parser::time::ASN1Time| {
+        DateTime::<Utc>::from_timestamp(t.timestamp(), 0)
+            .ok_or_else(|| "time out of range".to_string())
+    };
+    let mut spiffe_ids = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                if uri.starts_with("spiffe://") {
+                    spiffe_ids.push((*uri).to_string());
+                }
+            }
+        }
+    }
+    Ok(CertInfo {
+        serial_hex: hex::encode(cert.raw_serial()),
+        not_before: to_utc(cert.validity().not_before)?,
+        not_after: to_utc(cert.validity().not_after)?,
+        spiffe_ids,
+    })
+}
+
+/// The SPIFFE ID (first `spiffe://` URI SAN) of the end-entity certificate of a peer chain.
+pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = chain.first()?;
+    cert_info(leaf.as_ref()).ok()?.spiffe_ids.into_iter().next()
+}
+
+/// The service's own certificate and key.
+pub struct Identity {
+    pub certified_key: Arc<CertifiedKey>,
+    pub info: CertInfo,
+    /// Hash of cert and key bytes, to notice changes (never logged with the key).
+    pub content_hash: String,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Parses `tls.crt` (leaf first; further certificates are sent as chain) and `tls.key` (PKCS#8,
+    /// or SEC1/PKCS#1), and checks that they belong together.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem {
+                what: "tls.crt",
+                reason: e.to_string(),
+            })?;
+        let leaf = chain.first().ok_or(TlsError::NoCertificate("tls.crt"))?;
+        let info = cert_info(leaf.as_ref()).map_err(|reason| TlsError::Certificate {
+            what: "tls.crt",
+            reason,
+        })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| TlsError::Key(format!("tls.key: {e}")))?;
+        let provider = provider();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Key(e.to_string()))?;
+        let certified_key = CertifiedKey::new(chain, signing_key);
+        certified_key
+            .keys_match()
+            .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
+        let mut both = cert_pem.to_vec();
+        both.extend_from_slice(key_pem);
+        Ok(Self {
+            certified_key: Arc::new(certified_key),
+            info,
+            content_hash: sha256_hex(&both),
+        })
+    }
+
+    /// Valid right now (notBefore ≤ now < notAfter).
+    pub fn is_current(&self, now: DateTime<Utc>) -> bool {
+        self.info.not_before <= now && now < self.info.not_after
+    }
+}
+
+/// The trust bundle: roots and a client verifier built from them.
+pub struct Trust {
+    pub roots: Arc<RootCertStore>,
+    pub client_verifier: Arc<dyn ClientCertVerifier>,
+    /// Hex SHA-256 of ca-bundle.pem, exact bytes (contract: Health port, /status).
+    pub sha256: String,
+    pub ca_count: usize,
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trust")
+            .field("sha256", &self.sha256)
+            .field("ca_count", &self.ca_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trust {
+    pub fn from_pem(bundle_pem: &[u8]) -> Result<Self, TlsError> {
+        let certs = CertificateDer::pem_slice_iter(bundle_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem {
+                what: "ca-bundle.pem",
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCertificate("ca-bundle.pem"));
+        }
+        let mut roots = RootCertStore::empty();
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Bundle(format!("certificate #{i}: {e}")))?;
+        }
+        let roots = Arc::new(roots);
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(Self {
+            ca_count: roots.len(),
+            roots,
+            client_verifier,
+            sha256: sha256_hex(bundle_pem),
+        })
+    }
+}
+
+/// Serves the store's current certificate.
+#[derive(Debug)]
+struct StoreCertResolver(Arc<MaterialStore>);
+
+impl ResolvesServerCert for StoreCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.identity().map(|i| i.certified_key.clone())
+    }
+}
+
+impl ResolvesClientCert for StoreCertResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.identity().map(|i| i.certified_key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.identity().is_some()
+    }
+}
+
+/// Requires a client certificate that chains to the store's current trust bundle.
+#[derive(Debug)]
+struct StoreClientVerifier {
+    store: Arc<MaterialStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl StoreClientVerifier {
+    fn current(&self) -> Result<Arc<Trust>, rustls::Error> {
+        self.store
+            .trust()
+            .ok_or_else(|| rustls::Error::General("no trust bundle loaded".into()))
+    }
+}
+
+impl ClientCertVerifier for StoreClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()?
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies that the server chains to the trust bundle and that its URI SAN is the expected SPIFFE
+/// ID; the DNS name is not checked.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    store: Arc<MaterialStore>,
+    provider: Arc<CryptoProvider>,
+    expected: String,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let trust = self
+            .store
+            .trust()
+            .ok_or_else(|| rustls::Error::General("no trust bundle loaded".into()))?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &trust.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let ids = cert_info(end_entity.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?
+            .spiffe_ids;
+        if ids.iter().any(|id| id == &self.expected) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            tracing::warn!(expected = %self.expected, presented = ?ids, "server SPIFFE ID mismatch");
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Server config: requires a client certificate chaining to the current bundle, presents the current
+/// certificate.
+pub fn server_config(store: Arc<MaterialStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(StoreClientVerifier {
+        store: store.clone(),
+        provider: provider.clone(),
+    });
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(StoreCertResolver(store)));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client config for calls to the peer with SPIFFE ID `expected`.
+pub fn client_config(
+    store: Arc<MaterialStore>,
+    expected: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(SpiffeServerVerifier {
+        store: store.clone(),
+        provider: provider.clone(),
+        expected: expected.to_string(),
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(StoreCertResolver(store)));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
