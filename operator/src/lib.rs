@@ -5,6 +5,11 @@
 
 pub mod acl;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod netpol;
 pub mod pki;
+pub mod resources;
+pub mod run;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,147 @@
+//! Controllers: the Kubernetes I/O around the pure computations. One module per kind.
+
+pub mod apply;
+pub mod certs;
+pub mod device_hub;
+pub mod network;
+
+use std::sync::Arc;
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+
+use crate::runtime::metrics::Metrics;
+use crate::runtime::ratelimit::RateLimiter;
+
+/// Errors of a reconciliation, each with the object and the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing {kind}: {source}")]
+    List {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {kind} {name}: {source}")]
+    Get {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {kind} {name}: {source}")]
+    Delete {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing the status of {kind} {name}: {source}")]
+    Status {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("finalizer of {name}: {message}")]
+    Finalizer { name: String, message: String },
+    #[error("object has no namespace or name")]
+    MissingMetadata,
+}
+
+impl Error {
+    /// Machine-readable reason, for metrics and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Apply { .. } => "ApplyFailed",
+            Error::List { .. } => "ListFailed",
+            Error::Get { .. } => "GetFailed",
+            Error::Delete { .. } => "DeleteFailed",
+            Error::Status { .. } => "StatusFailed",
+            Error::Finalizer { .. } => "FinalizerFailed",
+            Error::MissingMetadata => "MissingMetadata",
+        }
+    }
+}
+
+/// Settings of the running operator.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace the operator runs in (its Lease, and the source of its NetworkPolicy access).
+    pub namespace: String,
+    /// Labels of the operator's pods, for the NetworkPolicies that let it reach device-hub.
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+    /// Reconcile at least this often even without changes.
+    pub resync: std::time::Duration,
+}
+
+/// Shared state of all controllers.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub limiter: RateLimiter,
+    pub settings: Settings,
+    /// `policy/v1` or `policy/v1beta1`, from API discovery.
+    pub pdb_api: kube::discovery::ApiResource,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        pdb_api: kube::discovery::ApiResource,
+        writes_per_second: f64,
+        burst: u32,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "mpm-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            limiter: RateLimiter::new(writes_per_second, burst),
+            settings,
+            pdb_api,
+        }
+    }
+}
+
+/// Finds the PodDisruptionBudget API the cluster serves: `policy/v1` (Kubernetes >= 1.21) or
+/// `policy/v1beta1` (1.20).
+pub async fn discover_pdb_api(client: &Client) -> Result<kube::discovery::ApiResource, kube::Error> {
+    use kube::discovery::{ApiGroup, Discovery};
+    let discovery = Discovery::new(client.clone()).filter(&["policy"]).run().await?;
+    for group in discovery.groups() {
+        if group.name() != "policy" {
+            continue;
+        }
+        for version in ["v1", "v1beta1"] {
+            if let Some((ar, _)) = group
+                .versioned_resources(version)
+                .into_iter()
+                .find(|(ar, _)| ar.kind == "PodDisruptionBudget")
+            {
+                return Ok(ar);
+            }
+        }
+        let _: &ApiGroup = group;
+    }
+    Ok(kube::discovery::ApiResource {
+        group: "policy".into(),
+        version: "v1".into(),
+        api_version: "policy/v1".into(),
+        kind: "PodDisruptionBudget".into(),
+        plural: "poddisruptionbudgets".into(),
+    })
+}

@@ -1,0 +1,241 @@
+//! ServiceACL I/O for one hub: merge the hub's ServiceACLs, compile them (pure, `crate::acl`) into
+//! NetworkPolicies and allowed-peer ConfigMaps, apply them, then verify every NetworkPolicy of the
+//! namespace against the ACL (pure, `crate::netpol`) and write each ServiceACL's status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::apply::{apply, list_by_name, prune};
+use super::device_hub::CONTROLLER_LABEL;
+use super::{Context, Error};
+use crate::acl::{HubTopology, NamedPort, OperatorAccess, ServicePorts};
+use crate::crd::condition::{merge_conditions, Condition, ConditionStatus};
+use crate::crd::device_hub::DeviceHub;
+use crate::crd::service_acl::{ServiceACL, ServiceAclSpec, ServiceAclStatus};
+use crate::resources::hub::ServiceKind;
+use crate::resources::names::{self, hub_selector};
+use crate::resources::workload::HubContext;
+
+/// The hub as the ACL compiler sees it.
+pub fn topology(ctx: &Context, hub: &DeviceHub, hub_ctx: &HubContext<'_>) -> HubTopology {
+    HubTopology {
+        namespace: hub_ctx.namespace.to_string(),
+        hub: hub_ctx.name.to_string(),
+        trust_domain: hub.spec.trust_domain.clone(),
+        services: hub_ctx
+            .services
+            .iter()
+            .map(|s| ServicePorts {
+                https_port: s.port,
+                extra_ports: if s.kind == ServiceKind::Connector {
+                    vec![NamedPort {
+                        name: "ingest".into(),
+                        port: names::INGEST_PORT,
+                    }]
+                } else {
+                    vec![]
+                },
+                ..ServicePorts::new(s.name.clone())
+            })
+            .collect(),
+        operator: OperatorAccess {
+            namespace_selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ctx.settings.namespace.clone(),
+                )])),
+                ..LabelSelector::default()
+            },
+            pod_selector: LabelSelector {
+                match_labels: Some(ctx.settings.pod_labels.clone()),
+                ..LabelSelector::default()
+            },
+        },
+    }
+}
+
+fn mark<K: Resource>(mut obj: K) -> K {
+    obj.meta_mut()
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CONTROLLER_LABEL.into(), "network".into());
+    obj
+}
+
+pub async fn reconcile(
+    ctx: &Context,
+    hub: &DeviceHub,
+    hub_ctx: &HubContext<'_>,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+) -> Result<(), Error> {
+    let ns = hub_ctx.namespace;
+    let acl_api: Api<ServiceACL> = Api::namespaced(ctx.client.clone(), ns);
+    let acls: Vec<ServiceACL> = acl_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::List {
+            kind: "ServiceACL".into(),
+            source,
+        })?
+        .items
+        .into_iter()
+        .filter(|a| a.spec.hub_ref.name == hub_ctx.name && a.meta().deletion_timestamp.is_none())
+        .collect();
+    let specs: Vec<ServiceAclSpec> = acls.iter().map(|a| a.spec.clone()).collect();
+    let topo = topology(ctx, hub, hub_ctx);
+
+    let np_api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{},{}=network", hub_selector(hub_ctx.name), CONTROLLER_LABEL);
+    let compile_error = match crate::acl::compile(&topo, &specs) {
+        Ok(compiled) => {
+            let live_np = list_by_name(&np_api, "NetworkPolicy", &selector).await?;
+            let live_cm = list_by_name(&cm_api, "ConfigMap", &selector).await?;
+            let mut keep = Vec::new();
+            for mut policy in compiled.network_policies() {
+                let name = policy.name_any();
+                policy.metadata.owner_references = Some(vec![hub_ctx.owner.clone()]);
+                keep.push(name.clone());
+                apply(ctx, &np_api, "NetworkPolicy", mark(policy), live_np.get(&name), regarding).await?;
+            }
+            for (service, compiled_service) in &compiled.services {
+                let name = names::acl_config_map(hub_ctx.name, service);
+                let mut meta = hub_ctx.hub_meta(name.clone());
+                if let Some(l) = meta.labels.as_mut() {
+                    l.insert(names::LABEL_SERVICE.into(), service.clone());
+                }
+                let cm = ConfigMap {
+                    metadata: meta,
+                    data: Some(BTreeMap::from([(
+                        names::ALLOWED_PEERS_KEY.to_string(),
+                        compiled_service.allowed_peers_json(),
+                    )])),
+                    ..ConfigMap::default()
+                };
+                keep.push(name.clone());
+                apply(ctx, &cm_api, "ConfigMap", mark(cm), live_cm.get(&name), regarding).await?;
+            }
+            let uid = hub.meta().uid.clone().unwrap_or_default();
+            prune(ctx, &np_api, "NetworkPolicy", &live_np, &keep, &uid, regarding).await?;
+            prune(ctx, &cm_api, "ConfigMap", &live_cm, &keep, &uid, regarding).await?;
+            None
+        }
+        // The policies in force stay in place: a bad edit never opens the network.
+        Err(e) => Some(e.to_string()),
+    };
+
+    // Verify what is really in force: every NetworkPolicy of the namespace, ours or not.
+    let all_policies = np_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::List {
+            kind: "NetworkPolicy".into(),
+            source,
+        })?
+        .items;
+    let verification = crate::netpol::verify(&specs, &topo, &all_policies);
+    for acl in &acls {
+        let generation = acl.meta().generation;
+        let old = acl.status.clone().unwrap_or_default();
+        let mut status = ServiceAclStatus {
+            observed_generation: generation,
+            ..ServiceAclStatus::default()
+        };
+        let mut conditions = Vec::new();
+        match (&compile_error, &verification) {
+            (Some(message), _) => {
+                conditions.push(cond("Ready", false, "InvalidRule", message, generation));
+                conditions.push(cond("Verified", false, "InvalidRule", "the ACL does not compile; previous policies stay in force", generation));
+            }
+            (None, Err(e)) => {
+                conditions.push(cond("Ready", true, "Compiled", "NetworkPolicies and allowed peers applied", generation));
+                conditions.push(cond("Verified", false, "VerificationFailed", &e.to_string(), generation));
+            }
+            (None, Ok(v)) => {
+                conditions.push(cond("Ready", true, "Compiled", "NetworkPolicies and allowed peers applied", generation));
+                if v.verified() {
+                    conditions.push(cond("Verified", true, "MatrixMatchesACL", "effective reachability equals the ACL", generation));
+                } else {
+                    let message = v
+                        .violations
+                        .iter()
+                        .map(|x| x.message.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    conditions.push(cond("Verified", false, "PolicyViolation", &message, generation));
+                }
+                status.matrix = v.matrix.clone();
+                status.violations = v.violations.clone();
+                status.allowed_edges = v.allowed_edges;
+            }
+        }
+        status.conditions = merge_conditions(&old.conditions, conditions);
+        if status != old {
+            if let Some(c) = status.conditions.iter().find(|c| c.status == ConditionStatus::False) {
+                let changed = old.conditions.iter().find(|o| o.type_ == c.type_).map(|o| (&o.reason, &o.message))
+                    != Some((&c.reason, &c.message));
+                if changed {
+                    ctx.publish(&acl.object_ref(&()), EventType::Warning, &c.reason, "Verify", c.message.clone())
+                        .await;
+                }
+            }
+            ctx.limiter.acquire().await;
+            ctx.metrics.write("ServiceACL/status", "patch");
+            acl_api
+                .patch_status(&acl.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+                .await
+                .map_err(|source| Error::Status {
+                    kind: "ServiceACL".into(),
+                    name: acl.name_any(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+fn cond(type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    let status = if ok { ConditionStatus::True } else { ConditionStatus::False };
+    Condition::new(type_, status, reason, message.chars().take(30_000).collect::<String>(), generation)
+}
+
+/// Status of a ServiceACL whose hub does not exist.
+pub async fn report_missing_hub(ctx: &Context, acl: &ServiceACL) -> Result<(), Error> {
+    let ns = acl.namespace().ok_or(Error::MissingMetadata)?;
+    let generation = acl.meta().generation;
+    let old = acl.status.clone().unwrap_or_default();
+    let message = format!("spec.hubRef: DeviceHub {:?} not found in namespace {ns}", acl.spec.hub_ref.name);
+    let status = ServiceAclStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(
+            &old.conditions,
+            vec![
+                cond("Ready", false, "HubNotFound", &message, generation),
+                cond("Verified", false, "HubNotFound", &message, generation),
+            ],
+        ),
+        ..ServiceAclStatus::default()
+    };
+    if status == old {
+        return Ok(());
+    }
+    ctx.publish(&acl.object_ref(&()), EventType::Warning, "HubNotFound", "Resolve", message).await;
+    let api: Api<ServiceACL> = Api::namespaced(ctx.client.clone(), &ns);
+    ctx.limiter.acquire().await;
+    ctx.metrics.write("ServiceACL/status", "patch");
+    api.patch_status(&acl.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+        .await
+        .map_err(|source| Error::Status {
+            kind: "ServiceACL".into(),
+            name: acl.name_any(),
+            source,
+        })?;
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Validation of a DeviceHub spec and its resolution into the services the hub runs
+//! (built-in defaults merged with the user's entries).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use regex::Regex;
+
+use crate::crd::device_hub::{DeviceHubSpec, ServiceSpec, StorageSpec, DEFAULT_IMAGE, DEFAULT_SERVICES};
+
+/// One problem in a spec, naming the field (`spec.services[1].image`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Joins spec errors into one condition message.
+pub fn describe(errors: &[SpecError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What a service is, which decides its command, ports and configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Connector,
+    DeviceHub,
+    Smoc,
+    Custom,
+}
+
+impl ServiceKind {
+    pub fn of(name: &str) -> Self {
+        match name {
+            "iec61968-connector" => Self::Connector,
+            "device-hub" => Self::DeviceHub,
+            "smoc-service" => Self::Smoc,
+            _ => Self::Custom,
+        }
+    }
+}
+
+/// A service after defaults were applied and the spec validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedService {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub image: String,
+    pub command: Vec<String>,
+    pub replicas: i32,
+    pub resources: ResourceRequirements,
+    pub port: u16,
+    pub env: Vec<EnvVar>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub storage: Option<StorageSpec>,
+}
+
+/// Every service the hub runs, in a stable order (built-ins first, then the user's in spec order).
+pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<ResolvedService>, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, svc) in spec.services.iter().enumerate() {
+        if !seen.insert(svc.name.as_str()) {
+            errors.push(SpecError::new(
+                format!("spec.services[{i}].name"),
+                format!("duplicate service name {:?}", svc.name),
+            ));
+        }
+    }
+    if let Some(image) = &spec.image {
+        if !valid_image(image) {
+            errors.push(SpecError::new("spec.image", format!("malformed image reference {image:?}")));
+        }
+    }
+    if !valid_trust_domain(&spec.trust_domain) {
+        errors.push(SpecError::new(
+            "spec.trustDomain",
+            format!("{:?} is not a valid SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')", spec.trust_domain),
+        ));
+    }
+
+    let default_image = spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+    let mut names: Vec<&str> = Vec::new();
+    if spec.include_default_services {
+        names.extend(DEFAULT_SERVICES);
+    }
+    for svc in &spec.services {
+        if !names.contains(&svc.name.as_str()) {
+            names.push(&svc.name);
+        }
+    }
+
+    let mut resolved = Vec::new();
+    for name in names {
+        let position = spec.services.iter().position(|s| s.name == name);
+        let user = position.map(|i| (i, &spec.services[i]));
+        if user.is_some_and(|(_, s)| !s.enabled) {
+            continue;
+        }
+        let field = |f: &str| match position {
+            Some(i) => format!("spec.services[{i}].{f}"),
+            None => format!("spec.services[{name}].{f}"),
+        };
+        let kind = ServiceKind::of(name);
+        if !valid_dns_label(name) {
+            errors.push(SpecError::new(field("name"), format!("{name:?} is not a DNS label (lowercase alphanumerics and '-', at most 63)")));
+            continue;
+        }
+        // contract: Names. `<hub>-<svc>-config` is the longest per-service name that must be a DNS label
+        // (Service names are DNS labels too).
+        if format!("{hub_name}-{name}-config").len() > 63 {
+            errors.push(SpecError::new(
+                field("name"),
+                format!("hub name {hub_name:?} plus service name {name:?} are too long: `<hub>-<service>-config` must fit in 63 characters"),
+            ));
+            continue;
+        }
+        let svc: ServiceSpec = user.map(|(_, s)| s.clone()).unwrap_or_else(|| ServiceSpec {
+            name: name.to_string(),
+            enabled: true,
+            replicas: 1,
+            port: 8443,
+            ..ServiceSpec::default()
+        });
+        let image = match (&svc.image, kind) {
+            (Some(image), _) => {
+                if !valid_image(image) {
+                    errors.push(SpecError::new(field("image"), format!("malformed image reference {image:?}")));
+                }
+                image.clone()
+            }
+            (None, ServiceKind::Custom) => {
+                errors.push(SpecError::new(field("image"), format!("service {name:?} is not built in, so it needs an image")));
+                String::new()
+            }
+            (None, _) => default_image.clone(),
+        };
+        if svc.replicas < 0 {
+            errors.push(SpecError::new(field("replicas"), format!("must be >= 0, got {}", svc.replicas)));
+        }
+        if svc.port < 1024 || svc.port == crate::resources::names::HEALTH_PORT || svc.port == crate::resources::names::INGEST_PORT {
+            errors.push(SpecError::new(
+                field("port"),
+                format!("{} is not allowed: use an unprivileged port other than 8080 (health) and 8090 (ingest)", svc.port),
+            ));
+        }
+        for (k, _) in svc.labels.iter() {
+            if k.starts_with("meterpark.io/") || k.starts_with("app.kubernetes.io/") {
+                errors.push(SpecError::new(field("labels"), format!("label {k:?} is reserved for the operator")));
+            }
+        }
+        let command = if svc.command.is_empty() && kind != ServiceKind::Custom {
+            // contract: Image.
+            vec![format!("/usr/local/bin/{name}")]
+        } else {
+            svc.command.clone()
+        };
+        resolved.push(ResolvedService {
+            name: name.to_string(),
+            kind,
+            image,
+            command,
+            replicas: svc.replicas,
+            resources: svc.resources.clone().unwrap_or_else(default_resources),
+            port: svc.port,
+            env: svc.env.clone(),
+            labels: svc.labels.clone(),
+            annotations: svc.annotations.clone(),
+            storage: svc.storage.clone(),
+        });
+    }
+    if resolved.is_empty() && errors.is_empty() {
+        errors.push(SpecError::new("spec.services", "the hub declares no enabled service"));
+    }
+    if errors.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(errors)
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.to_string());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), q("50m")), ("memory".into(), q("32Mi"))])),
+        limits: Some(BTreeMap::from([("cpu".into(), q("500m")), ("memory".into(), q("128Mi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// RFC 1123 label.
+pub fn valid_dns_label(s: &str) -> bool {
+    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$").expect("static regex"));
+    RE.is_match(s)
+}
+
+/// SPIFFE trust domain: lowercase letters, digits, dots, dashes and underscores.
+pub fn valid_trust_domain(s: &str) -> bool {
+    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9._-]{1,255}$").expect("static regex"));
+    RE.is_match(s)
+}
+
+/// Container image reference as the distribution spec defines it:
+/// `[registry[:port]/]path[:tag][@digest]`.
+pub fn valid_image(s: &str) -> bool {
+    static RE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(concat!(
+            r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?",
+            r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*",
+            r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?",
+            r"(?:@sha256:[a-f0-9]{64})?$"
+        ))
+        .expect("static regex")
+    });
+    s.len() <= 512 && RE.is_match(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(services: Vec<ServiceSpec>) -> DeviceHubSpec {
+        DeviceHubSpec {
+            include_default_services: true,
+            services,
+            trust_domain: "cluster.local".into(),
+            ..DeviceHubSpec::default()
+        }
+    }
+
+    fn svc(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            enabled: true,
+            replicas: 1,
+            port: 8443,
+            ..ServiceSpec::default()
+        }
+    }
+
+    #[test]
+    fn minimal_hub_runs_the_three_builtin_services() {
+        let services = resolve_services("demo", &spec(vec![])).unwrap();
+        let names: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, DEFAULT_SERVICES);
+        assert_eq!(services[1].command, vec!["/usr/local/bin/device-hub"]);
+        assert_eq!(services[0].image, DEFAULT_IMAGE);
+    }
+
+    #[test]
+    fn user_entries_override_and_extend_the_defaults() {
+        let mut hub = svc("device-hub");
+        hub.replicas = 3;
+        let mut bff = svc("bff");
+        bff.image = Some("registry.example:5000/mpm/bff:1.0".into());
+        let mut smoc = svc("smoc-service");
+        smoc.enabled = false;
+        let services = resolve_services("demo", &spec(vec![hub, bff, smoc])).unwrap();
+        let names: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["iec61968-connector", "device-hub", "bff"]);
+        assert_eq!(services[1].replicas, 3);
+        assert_eq!(services[2].kind, ServiceKind::Custom);
+        assert!(services[2].command.is_empty());
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let mut bad_image = svc("device-hub");
+        bad_image.image = Some("Not A/Valid::image".into());
+        let mut negative = svc("smoc-service");
+        negative.replicas = -1;
+        let errors = resolve_services("demo", &spec(vec![bad_image, negative, svc("bff"), svc("bff")])).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"spec.services[3].name"), "{errors:?}");
+        assert!(fields.contains(&"spec.services[0].image"), "{errors:?}");
+        assert!(fields.contains(&"spec.services[1].replicas"), "{errors:?}");
+        assert!(fields.contains(&"spec.services[2].image"), "{errors:?}");
+        assert!(describe(&errors).contains("duplicate service name \"bff\""));
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "localhost/mpm-services:0.1.0",
+            "docker.io/library/nginx:1.25",
+            "nginx",
+            "registry.example:5000/a/b_c/d-e:v1.2.3",
+            "ghcr.io/x/y@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(valid_image(ok), "{ok}");
+        }
+        for bad in ["", "UPPER/case", "a b", "x:", ":tag", "a//b", "reg/x:tag:tag"] {
+            assert!(!valid_image(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_too_long_are_rejected() {
+        let long = "a".repeat(50);
+        let errors = resolve_services(&long, &spec(vec![])).unwrap_err();
+        assert!(errors[0].message.contains("too long"));
+    }
+}

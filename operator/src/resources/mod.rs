@@ -1,0 +1,5 @@
+//! Desired state of a DeviceHub as plain Kubernetes objects, computed by pure functions.
+
+pub mod hub;
+pub mod names;
+pub mod workload;

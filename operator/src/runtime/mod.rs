@@ -1,0 +1,6 @@
+//! Process runtime of the operator: metrics, health endpoints, leader election, API write limits.
+
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod ratelimit;
