@@ -1,1 +1,4 @@
 //! Command-line interface of the `mpm-operator` binary.
+
+pub mod acl_graph;
+pub mod netpol;
