@@ -229,7 +229,12 @@ pub fn valid_image(s: &str) -> bool {
         ))
         .expect("static regex")
     });
-    s.len() <= 512 && RE.is_match(s)
+    // The first component is a registry only when it looks like a host (has '.' or ':', or is
+    // `localhost`); otherwise it is a path component and must be lowercase.
+    let first = s.split('/').next().unwrap_or_default();
+    let registry_like = s.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let first_ok = registry_like || !first.chars().any(|c| c.is_ascii_uppercase());
+    s.len() <= 512 && first_ok && RE.is_match(s)
 }
 
 #[cfg(test)]
