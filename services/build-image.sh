@@ -21,7 +21,7 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 (
   cd "$root"
   RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --target "$target" -p mpm-services \
+    cargo build --release --target "$target" -p mpm-services \
     --bin iec61968-connector --bin device-hub --bin smoc-service
 )
 

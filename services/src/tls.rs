@@ -374,12 +374,13 @@ pub fn server_config(store: Arc<MaterialStore>) -> Result<Arc<ServerConfig>, Tls
         store: store.clone(),
         provider: provider.clone(),
     });
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    // No ALPN on the server: a client offering only protocols we do not list would otherwise be
+    // refused; every listener speaks HTTP/1.1.
+    let cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(StoreCertResolver(store)));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
