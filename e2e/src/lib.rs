@@ -1,1 +1,83 @@
-//! Helpers shared by the e2e tests and benchmarks.
+//! Helpers shared by the e2e tests and benchmarks. Everything here talks to the cluster that
+//! `KUBECONFIG` points to (the local cluster or kind); tests run only when `MPM_E2E=1`.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+/// Version tag of the images built from this checkout.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Namespace the operator is installed in by `e2e/install.sh` (and the chart's default).
+pub const OPERATOR_NAMESPACE: &str = "mpm-system";
+
+/// Whether e2e tests may touch a cluster: only with an explicit `MPM_E2E=1`.
+pub fn enabled() -> bool {
+    std::env::var("MPM_E2E").is_ok_and(|v| v == "1")
+}
+
+/// Prints why a test is skipped; returns true when it must skip.
+pub fn skip(test: &str) -> bool {
+    if enabled() {
+        return false;
+    }
+    eprintln!("{test}: skipped (set MPM_E2E=1 and KUBECONFIG to run against a cluster)");
+    true
+}
+
+pub async fn client() -> anyhow::Result<Client> {
+    Client::try_default().await.context("connecting to the cluster in KUBECONFIG")
+}
+
+/// A namespace created for one test; call [`TestNamespace::delete`] at the end.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        let suffix: u32 = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
+        let name = format!("{prefix}-{:x}", suffix & 0xffffff);
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"mpm-e2e": "true", "kubernetes.io/metadata.name": name}}
+        }))?;
+        api.create(&PostParams::default(), &ns).await.with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    pub async fn delete(self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::background()).await;
+    }
+}
+
+/// Polls `check` every 500 ms until it returns `Ok(Some(v))`, failing after `timeout` with the
+/// last observation.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no observation");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

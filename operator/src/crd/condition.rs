@@ -24,7 +24,6 @@ pub struct Condition {
     /// Machine-readable reason for the last transition, in CamelCase.
     pub reason: String,
     /// Human-readable details for the last transition.
-    #[serde(default)]
     pub message: String,
     /// When the status last changed.
     pub last_transition_time: DateTime<Utc>,
