@@ -7,6 +7,7 @@ pub mod acl;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod meter;
 pub mod netpol;
 pub mod pki;
 pub mod resources;

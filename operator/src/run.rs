@@ -184,7 +184,7 @@ async fn run_controllers<F>(
         .run(reconcile_acl, error_policy::<ServiceACL>, ctx.clone())
         .for_each(|_| async {});
 
-    futures::join!(hub_controller, acl_controller);
+    futures::join!(hub_controller, acl_controller, crate::meter::controller::run(client.clone(), ctx.clone(), concurrency, shutdown));
 }
 
 /// ServiceACLs whose hub exists are handled by the hub's reconcile; this reports missing hubs.

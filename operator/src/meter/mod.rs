@@ -1,0 +1,9 @@
+//! Meters: provisioning smart meters in their hub's device-hub over mTLS.
+//!
+//! - [`state`]: the pure state machine (phase, conditions, backoff).
+//! - [`hub_client`]: the device-hub API client (mTLS with SPIFFE server identity, batching, pooling).
+//! - [`controller`]: the Kubernetes controller with the `meterpark.io/deprovision` finalizer.
+
+pub mod controller;
+pub mod hub_client;
+pub mod state;
