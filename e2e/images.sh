@@ -13,7 +13,8 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 start=$(date +%s)
 echo "[images] building static release binaries (version $version)"
 (cd "$root" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" cargo build --release --locked --target "$target" \
-  -p mpm-operator --bin mpm-operator -p mpm-services -p mpm-e2e --bin mpm-e2e-probe)
+  -p mpm-operator -p mpm-services -p mpm-e2e \
+  --bin mpm-operator --bin iec61968-connector --bin device-hub --bin smoc-service --bin mpm-e2e-probe)
 bin="$target_dir/$target/release"
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT

@@ -81,3 +81,49 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Sum of `mpm_operator_api_writes_total` on the leading operator replica, read through the API
+/// server's pod proxy (works the same on kind and on the local cluster).
+pub async fn operator_writes(client: &Client) -> anyhow::Result<u64> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let lease = leases.get("mpm-operator-leader").await.context("reading the leader Lease")?;
+    let leader = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .context("the leader Lease has no holder")?;
+    let path = format!("/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{leader}:8080/proxy/metrics");
+    let request = http::Request::get(path).body(Vec::new())?;
+    let text = client.request_text(request).await.context("reading the operator's /metrics")?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("mpm_operator_api_writes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// Creates or replaces an object from JSON in a namespace (client-side semantics, like
+/// `kubectl create`), for test fixtures.
+pub async fn create<K>(client: &Client, ns: &str, value: serde_json::Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let obj: K = serde_json::from_value(value)?;
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+/// A condition of a custom resource's status (`status.conditions[type]`) as (status, reason, message).
+pub fn condition(status: &serde_json::Value, type_: &str) -> Option<(String, String, String)> {
+    status["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        (
+            c["status"].as_str().unwrap_or_default().to_string(),
+            c["reason"].as_str().unwrap_or_default().to_string(),
+            c["message"].as_str().unwrap_or_default().to_string(),
+        )
+    })
+}

@@ -40,11 +40,17 @@ impl Condition {
         message: impl Into<String>,
         generation: Option<i64>,
     ) -> Self {
+        let mut message = message.into();
+        if message.is_empty() {
+            // Kubernetes 1.20 turns an empty string in a custom resource's status into null and then
+            // rejects it as "must be of type string"; a message is more useful anyway.
+            message = reason.to_string();
+        }
         Self {
             type_: type_.to_string(),
             status,
             reason: reason.to_string(),
-            message: message.into(),
+            message,
             last_transition_time: Utc::now(),
             observed_generation: generation,
         }
