@@ -166,7 +166,7 @@ pub async fn reconcile(
                     let message = v
                         .violations
                         .iter()
-                        .map(|x| x.message.clone())
+                        .map(|x| format!("rule {}: {}", x.rule, x.message))
                         .collect::<Vec<_>>()
                         .join("; ");
                     conditions.push(cond("Verified", false, "PolicyViolation", &message, generation));
