@@ -4,19 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use chrono::{DateTime, TimeDelta, Utc};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::Resource;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::apply::{apply, list_by_name, prune, Change};
 use super::device_hub::CONTROLLER_LABEL;
-use super::{Context, Error};
+use super::{rotation, Context, Error};
 use crate::crd::device_hub::{CaStatus, CertificateStatus, DeviceHub};
-use crate::pki::{self, CaKeyPair, CertificateSettings, ExistingLeaf, LeafRequest};
+use crate::pki::{self, CertificateSettings, ExistingLeaf, LeafRequest};
 use crate::resources::names::{self, hub_selector};
 use crate::resources::workload::HubContext;
 use crate::runtime::metrics::{CertLabels, HubLabels};
@@ -56,8 +56,14 @@ fn tls_secret(meta: kube::core::ObjectMeta, cert_pem: &str, key_pem: &str) -> Se
         metadata: meta,
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
-            ("tls.crt".to_string(), ByteString(cert_pem.as_bytes().to_vec())),
-            ("tls.key".to_string(), ByteString(key_pem.as_bytes().to_vec())),
+            (
+                "tls.crt".to_string(),
+                ByteString(cert_pem.as_bytes().to_vec()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(key_pem.as_bytes().to_vec()),
+            ),
         ])),
         ..Secret::default()
     }
@@ -94,32 +100,13 @@ pub async fn reconcile(
         }
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), hub_ctx.namespace);
-    let ca = match load_or_create_ca(ctx, hub, hub_ctx, &secrets, &settings, regarding, now).await? {
-        Ok(ca) => ca,
-        Err((reason, message)) => {
-            ctx.metrics.certificate_issuance_errors.get_or_create(&hub_labels).inc();
-            return Ok(not_ready(reason, message));
-        }
-    };
-
-    // Trust bundle: every CA currently trusted.
-    let bundle = pki::bundle_pem(&[ca.cert_pem()]);
-    let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), hub_ctx.namespace);
-    let bundle_name = names::trust_bundle(hub_ctx.name);
-    let live_bundle = cm_api.get_opt(&bundle_name).await.map_err(|source| Error::Get {
-        kind: "ConfigMap".into(),
-        name: bundle_name.clone(),
-        source,
-    })?;
-    let bundle_cm = ConfigMap {
-        metadata: marked(hub_ctx.hub_meta(bundle_name.clone())),
-        data: Some(BTreeMap::from([(names::TRUST_BUNDLE_KEY.to_string(), bundle)])),
-        ..ConfigMap::default()
-    };
-    apply(ctx, &cm_api, "ConfigMap", bundle_cm, live_bundle.as_ref(), regarding).await?;
 
     // Leaves: one per service and one for the operator itself.
-    let selector = format!("{},{}=certificates", hub_selector(hub_ctx.name), CONTROLLER_LABEL);
+    let selector = format!(
+        "{},{}=certificates",
+        hub_selector(hub_ctx.name),
+        CONTROLLER_LABEL
+    );
     let live = list_by_name(&secrets, "Secret", &selector).await?;
     let mut wanted: Vec<(Option<&str>, String, String, Vec<String>)> = hub_ctx
         .services
@@ -133,42 +120,69 @@ pub async fn reconcile(
             )
         })
         .collect();
-    wanted.push((None, names::operator_client_secret(hub_ctx.name), names::OPERATOR_SA.to_string(), vec![]));
+    wanted.push((
+        None,
+        names::operator_client_secret(hub_ctx.name),
+        names::OPERATOR_SA.to_string(),
+        vec![],
+    ));
+
+    // The CAs, the trust bundle and the rotation state machine.
+    let live_leaves: Vec<Option<&Secret>> = wanted.iter().map(|w| live.get(&w.1)).collect();
+    let rotation =
+        match rotation::reconcile(ctx, hub, hub_ctx, &settings, &live_leaves, regarding, now)
+            .await?
+        {
+            Ok(r) => r,
+            Err((reason, message)) => {
+                ctx.metrics
+                    .certificate_issuance_errors
+                    .get_or_create(&hub_labels)
+                    .inc();
+                return Ok(not_ready(reason, message));
+            }
+        };
+    let ca = rotation.cas.signing();
 
     let mut outcome = CertOutcome {
-        ready: (true, "Issued", "every service holds a valid certificate".into()),
-        rotation: (false, "Idle", "no CA rotation in progress".into()),
-        authorities: vec![CaStatus {
-            fingerprint: ca.fingerprint().to_string(),
-            not_after: ca.not_after().to_rfc3339(),
-            role: "Signing".into(),
-        }],
+        ready: (
+            true,
+            "Issued",
+            "every service holds a valid certificate".into(),
+        ),
+        rotation: rotation.condition.clone(),
+        authorities: rotation.cas.authorities(),
+        next_check: rotation.next_check,
         ..CertOutcome::default()
     };
-    let mut keep = vec![names::ca_secret(hub_ctx.name)];
+    let mut keep = vec![
+        names::ca_secret(hub_ctx.name),
+        names::next_ca_secret(hub_ctx.name),
+    ];
     let mut earliest: Option<DateTime<Utc>> = None;
     for (service, secret_name, service_account, dns_names) in wanted {
         keep.push(secret_name.clone());
-        let request = match pki::spiffe_id(&hub.spec.trust_domain, hub_ctx.namespace, &service_account) {
-            Ok(id) => LeafRequest {
-                validity: settings.duration,
-                ..LeafRequest::new(id, dns_names)
-            },
-            Err(e) => return Ok(not_ready(e.reason(), format!("spec.trustDomain: {e}"))),
-        };
+        let request =
+            match pki::spiffe_id(&hub.spec.trust_domain, hub_ctx.namespace, &service_account) {
+                Ok(id) => LeafRequest {
+                    validity: settings.duration,
+                    ..LeafRequest::new(id, dns_names)
+                },
+                Err(e) => return Ok(not_ready(e.reason(), format!("spec.trustDomain: {e}"))),
+            };
         let existing = live.get(&secret_name);
         let current = existing.and_then(|s| {
             let leaf = ExistingLeaf {
                 cert_pem: secret_str(s, "tls.crt")?,
                 key_pem: secret_str(s, "tls.key")?,
             };
-            let mismatch = pki::leaf_mismatch(&leaf, &ca, &request);
-            if let Some(m) = &mismatch {
+            if let Some(m) = pki::leaf_mismatch(&leaf, ca, &request) {
                 info!(secret = %secret_name, reason = m.reason(), "certificate will be reissued");
+                return None;
             }
             let info = pki::inspect_cert(leaf.cert_pem).ok()?;
-            let renew_at = pki::renewal_time(info.not_before, info.not_after, settings.renew_before, &secret_name);
-            (mismatch.is_none() && renew_at > now && info.not_after > now).then_some((s.clone(), info, renew_at))
+            let renew_at = renew_time(info.not_before, info.not_after, &settings, &secret_name);
+            (renew_at > now && info.not_after > now).then_some((s.clone(), info, renew_at))
         });
         let labels = CertLabels {
             namespace: hub_ctx.namespace.into(),
@@ -178,14 +192,18 @@ pub async fn reconcile(
         let (secret, serial, not_after, renew_at) = match current {
             Some((secret, info, renew_at)) => (secret, info.serial_hex, info.not_after, renew_at),
             None => {
-                let issued = match pki::issue_leaf(&ca, &request, now) {
+                let issued = match pki::issue_leaf(ca, &request, now) {
                     Ok(i) => i,
                     Err(e) => {
-                        ctx.metrics.certificate_issuance_errors.get_or_create(&hub_labels).inc();
+                        ctx.metrics
+                            .certificate_issuance_errors
+                            .get_or_create(&hub_labels)
+                            .inc();
                         return Ok(not_ready(e.reason(), format!("issuing {secret_name}: {e}")));
                     }
                 };
-                let renew_at = pki::renewal_time(issued.not_before, issued.not_after, settings.renew_before, &secret_name);
+                let renew_at =
+                    renew_time(issued.not_before, issued.not_after, &settings, &secret_name);
                 let meta = match service {
                     Some(svc) => {
                         let mut m = hub_ctx.hub_meta(secret_name.clone());
@@ -197,9 +215,16 @@ pub async fn reconcile(
                     None => hub_ctx.hub_meta(secret_name.clone()),
                 };
                 let secret = tls_secret(marked(meta), &issued.cert_pem, &issued.key_pem);
-                let (reason, verb) = if existing.is_some() { ("Renewed", "renewed") } else { ("Issued", "issued") };
+                let (reason, verb) = if existing.is_some() {
+                    ("Renewed", "renewed")
+                } else {
+                    ("Issued", "issued")
+                };
                 if existing.is_some() {
-                    ctx.metrics.certificate_renewals.get_or_create(&labels).inc();
+                    ctx.metrics
+                        .certificate_renewals
+                        .get_or_create(&labels)
+                        .inc();
                 }
                 ctx.publish(
                     regarding,
@@ -214,7 +239,12 @@ pub async fn reconcile(
                     ),
                 )
                 .await;
-                (secret, issued.serial_hex.clone(), issued.not_after, renew_at)
+                (
+                    secret,
+                    issued.serial_hex.clone(),
+                    issued.not_after,
+                    renew_at,
+                )
             }
         };
         // Unchanged certificates produce identical desired Secrets, so `apply` skips the write.
@@ -258,61 +288,21 @@ pub async fn reconcile(
     Ok(outcome)
 }
 
-/// The hub's signing CA: the user's (validated) or the operator's own (generated once).
-/// The inner `Err` is a condition (reason, message) for invalid input; nothing is replaced then.
-async fn load_or_create_ca(
-    ctx: &Context,
-    hub: &DeviceHub,
-    hub_ctx: &HubContext<'_>,
-    secrets: &Api<Secret>,
+/// The jittered renewal time of a leaf, never earlier than [`MIN_LEAF_AGE`] after issuance (the
+/// jitter may reach back past issuance when `renewBefore` is close to `duration`, which would
+/// otherwise renew the leaf on every reconcile).
+fn renew_time(
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
     settings: &CertificateSettings,
-    regarding: &k8s_openapi::api::core::v1::ObjectReference,
-    now: DateTime<Utc>,
-) -> Result<Result<CaKeyPair, (&'static str, String)>, Error> {
-    let get = |name: String| async move {
-        secrets.get_opt(&name).await.map_err(|source| Error::Get {
-            kind: "Secret".into(),
-            name,
-            source,
-        })
-    };
-    if let Some(reference) = &hub.spec.certificates.ca.secret_ref {
-        let Some(secret) = get(reference.name.clone()).await? else {
-            return Ok(Err((
-                "CASecretNotFound",
-                format!("spec.certificates.ca.secretRef: Secret {:?} not found", reference.name),
-            )));
-        };
-        let (Some(cert), Some(key)) = (secret_str(&secret, "tls.crt"), secret_str(&secret, "tls.key")) else {
-            return Ok(Err((
-                "CAMalformed",
-                format!("spec.certificates.ca.secretRef: Secret {:?} needs tls.crt and tls.key", reference.name),
-            )));
-        };
-        return Ok(pki::load_user_ca(cert, key, now)
-            .map_err(|e| (e.reason(), format!("spec.certificates.ca.secretRef {:?}: {e}", reference.name))));
-    }
-    let name = names::ca_secret(hub_ctx.name);
-    if let Some(secret) = get(name.clone()).await? {
-        let (Some(cert), Some(key)) = (secret_str(&secret, "tls.crt"), secret_str(&secret, "tls.key")) else {
-            return Ok(Err(("CAMalformed", format!("Secret {name} lacks tls.crt or tls.key"))));
-        };
-        return Ok(pki::load_user_ca(cert, key, now).map_err(|e| (e.reason(), format!("Secret {name}: {e}"))));
-    }
-    let ca = match pki::generate_ca(&format!("mpm {}/{} CA", hub_ctx.namespace, hub_ctx.name), settings.ca_duration, now) {
-        Ok(ca) => ca,
-        Err(e) => return Ok(Err((e.reason(), format!("generating the CA: {e}")))),
-    };
-    let secret = tls_secret(marked(hub_ctx.hub_meta(name.clone())), ca.cert_pem(), ca.key_pem());
-    apply(ctx, secrets, "Secret", secret, None, regarding).await?;
-    warn!(hub = %hub_ctx.name, fingerprint = %ca.fingerprint(), "generated a new hub CA");
-    ctx.publish(
-        regarding,
-        EventType::Normal,
-        "CAGenerated",
-        "Certificate",
-        format!("generated CA {} (expires {})", ca.fingerprint(), ca.not_after().to_rfc3339()),
-    )
-    .await;
-    Ok(Ok(ca))
+    jitter_key: &str,
+) -> DateTime<Utc> {
+    let issued =
+        not_before + TimeDelta::from_std(pki::DEFAULT_BACKDATE).unwrap_or(TimeDelta::zero());
+    let earliest = issued + TimeDelta::from_std(MIN_LEAF_AGE).unwrap_or(TimeDelta::zero());
+    pki::renewal_time(not_before, not_after, settings.renew_before, jitter_key)
+        .max(earliest.min(not_after))
 }
+
+/// A leaf is never renewed on schedule before it is this old.
+pub const MIN_LEAF_AGE: std::time::Duration = std::time::Duration::from_secs(20);

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod certs;
 pub mod device_hub;
 pub mod network;
+pub mod rotation;
 
 use std::sync::Arc;
 
