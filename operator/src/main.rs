@@ -3,11 +3,17 @@
 use clap::{Parser, Subcommand};
 
 use mpm_operator::cli::acl_graph::{run_graph, AclGraphArgs};
+use mpm_operator::cli::explain::{run_crd_reference, run_explain, CrdReferenceArgs, ExplainArgs};
 use mpm_operator::cli::netpol::{run_matrix, NetpolMatrixArgs};
+use mpm_operator::cli::status::{run_acl_matrix, run_status, AclMatrixArgs, StatusArgs};
 use mpm_operator::run::{run, RunArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "mpm-operator", version, about = "Kubernetes operator for meter park management")]
+#[command(
+    name = "mpm-operator",
+    version,
+    about = "Kubernetes operator for meter park management"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +35,22 @@ enum Command {
         #[command(subcommand)]
         command: AclCommand,
     },
+    /// Hubs, services, readiness and certificate expiry, read from the cluster.
+    Status(StatusArgs),
+    /// Why a call between two services of a hub is allowed or denied (ACL rule, mTLS identity,
+    /// NetworkPolicies), read from the cluster.
+    Explain(ExplainArgs),
+    /// Documentation generators.
+    Docs {
+        #[command(subcommand)]
+        command: DocsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DocsCommand {
+    /// Markdown reference of every CRD field, generated from the schemas (docs/crd-reference.md).
+    CrdReference(CrdReferenceArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -41,6 +63,17 @@ enum NetpolCommand {
 enum AclCommand {
     /// A hub's ACL as a Graphviz DOT or Mermaid graph, denied edges marked.
     Graph(AclGraphArgs),
+    /// Effective reachability matrix and violations from the ServiceACLs' status (cluster), or
+    /// the hubs' ACL graphs with --dot/--mermaid.
+    Matrix(AclMatrixArgs),
+}
+
+/// Runs a cluster-reading command on a small runtime.
+fn block_on<F: std::future::Future<Output = anyhow::Result<String>>>(f: F) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(f).map(|out| print!("{out}"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,7 +81,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             mpm_operator::telemetry::init_json_logs();
-            match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt.block_on(run(args)),
                 Err(e) => Err(e.into()),
             }
@@ -62,6 +98,14 @@ fn main() -> std::process::ExitCode {
         Command::Acl {
             command: AclCommand::Graph(args),
         } => run_graph(&args).map(|out| print!("{out}")),
+        Command::Acl {
+            command: AclCommand::Matrix(args),
+        } => block_on(run_acl_matrix(&args)),
+        Command::Status(args) => block_on(run_status(&args)),
+        Command::Explain(args) => block_on(run_explain(&args)),
+        Command::Docs {
+            command: DocsCommand::CrdReference(args),
+        } => run_crd_reference(&args).map(|out| print!("{out}")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
