@@ -539,7 +539,11 @@ pub fn crd_reference(crds: &[Value]) -> String {
                     format!(", short name `{short}`")
                 }
             );
-            if let Some(d) = schema["description"].as_str() {
+            // kube's placeholder for kinds without a doc comment says nothing: leave it out.
+            if let Some(d) = schema["description"]
+                .as_str()
+                .filter(|d| !d.starts_with("Auto-generated derived type"))
+            {
                 let _ = writeln!(out, "{}\n", d.trim());
             }
             for part in ["spec", "status"] {
