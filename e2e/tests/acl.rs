@@ -244,3 +244,60 @@ async fn identity_check(client: &Client, ns: &str, service: &str) -> anyhow::Res
     println!("{service} -> smoc-service: HTTP {status}");
     Ok(status)
 }
+
+/// On clusters that enforce NetworkPolicy (kind with Calico in users' CI, `MPM_E2E_NETPOL_ENFORCED=1`),
+/// a pod with the connector's identity labels can open TCP to device-hub but not to smoc-service.
+/// The local cluster has no policy-capable CNI, so there this test only reports that it is skipped.
+#[tokio::test]
+async fn denied_edges_are_blocked_at_l4() -> anyhow::Result<()> {
+    if skip("denied_edges_are_blocked_at_l4") {
+        return Ok(());
+    }
+    if std::env::var("MPM_E2E_NETPOL_ENFORCED").ok().as_deref() != Some("1") {
+        eprintln!("denied_edges_are_blocked_at_l4: skipped (this cluster does not enforce NetworkPolicy)");
+        return Ok(());
+    }
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "mpm-l4").await?;
+    let result = l4(&client, &ns.name).await;
+    ns.delete().await;
+    result
+}
+
+async fn l4(client: &Client, ns: &str) -> anyhow::Result<()> {
+    create::<DeviceHub>(client, ns, json!({
+        "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub", "metadata": {"name": HUB}, "spec": {}
+    }))
+    .await?;
+    create::<ServiceACL>(client, ns, json!({
+        "apiVersion": "meterpark.io/v1alpha1", "kind": "ServiceACL", "metadata": {"name": HUB}, "spec": acl_spec()
+    }))
+    .await?;
+    let hubs: Api<DeviceHub> = Api::namespaced(client.clone(), ns);
+    wait_for("hub Ready", Duration::from_secs(240), || async {
+        let status = serde_json::to_value(hubs.get(HUB).await?.status)?;
+        Ok(matches!(condition(&status, "Ready"), Some((s, _, _)) if s == "True").then_some(()))
+    })
+    .await?;
+    let hub_target = format!("tcp:{HUB}-device-hub.{ns}.svc:8443");
+    let store_target = format!("tcp:{HUB}-smoc-service.{ns}.svc:8443");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "as-connector",
+                     "labels": {"meterpark.io/hub": HUB, "meterpark.io/service": "iec61968-connector"}},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "probe", "image": format!("localhost/mpm-e2e-probe:{}", mpm_e2e::VERSION),
+            "imagePullPolicy": "IfNotPresent", "args": [hub_target, store_target]}]}
+    }))?;
+    pods.create(&PostParams::default(), &probe).await?;
+    let log = wait_for("probe results", Duration::from_secs(120), || async {
+        let log = pods.logs("as-connector", &Default::default()).await.unwrap_or_default();
+        Ok(log.contains("\"check\":\"done\"").then_some(log))
+    })
+    .await?;
+    let checks: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let ok = |target: &str| checks.iter().any(|c| c["check"] == target && c["ok"] == true);
+    assert!(ok(&format!("tcp:{HUB}-device-hub.{ns}.svc:8443")), "connector -> device-hub connects:\n{log}");
+    assert!(!ok(&format!("tcp:{HUB}-smoc-service.{ns}.svc:8443")), "connector -> smoc-service is blocked:\n{log}");
+    Ok(())
+}

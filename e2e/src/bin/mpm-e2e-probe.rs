@@ -22,6 +22,17 @@ async fn main() {
     let dns = api_version(Config::incluster_dns().map_err(|e| e.to_string())).await;
     println!("{}", json!({"check": "api-via-service-dns", "ok": dns.is_ok(), "detail": dns.clone().unwrap_or_else(|e| e)}));
     for name in std::env::args().skip(1) {
+        // `tcp:<host>:<port>`: can a TCP connection be opened (NetworkPolicy enforcement probes)?
+        if let Some(target) = name.strip_prefix("tcp:") {
+            let connect = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(target)).await;
+            let (ok, detail) = match connect {
+                Ok(Ok(_)) => (true, "connected".to_string()),
+                Ok(Err(e)) => (false, e.to_string()),
+                Err(_) => (false, "timed out".to_string()),
+            };
+            println!("{}", json!({"check": name, "ok": ok, "detail": detail}));
+            continue;
+        }
         let (ok, detail) = match tokio::net::lookup_host((name.as_str(), 443)).await {
             Ok(addrs) => (true, addrs.map(|a| a.ip().to_string()).collect::<Vec<_>>().join(",")),
             Err(e) => (false, e.to_string()),
