@@ -38,7 +38,11 @@ pub struct CertOutcome {
 fn not_ready(reason: &'static str, message: String) -> CertOutcome {
     CertOutcome {
         ready: (false, reason, message),
-        rotation: (false, "Idle", String::new()),
+        rotation: (
+            false,
+            "CertificatesNotReady",
+            "no CA rotation step taken while certificates are not ready".into(),
+        ),
         ..CertOutcome::default()
     }
 }
