@@ -91,6 +91,39 @@ pub struct HubTopology {
 }
 
 impl HubTopology {
+    /// The topology of a hub's resolved services: each service's https port, the health port, and
+    /// the connector's ingest port.
+    pub fn for_services(
+        namespace: &str,
+        hub: &str,
+        trust_domain: &str,
+        services: &[crate::resources::hub::ResolvedService],
+        operator: OperatorAccess,
+    ) -> Self {
+        use crate::resources::hub::ServiceKind;
+        HubTopology {
+            namespace: namespace.to_string(),
+            hub: hub.to_string(),
+            trust_domain: trust_domain.to_string(),
+            services: services
+                .iter()
+                .map(|s| ServicePorts {
+                    https_port: s.port,
+                    extra_ports: if s.kind == ServiceKind::Connector {
+                        vec![NamedPort {
+                            name: "ingest".into(),
+                            port: INGEST_PORT,
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    ..ServicePorts::new(s.name.clone())
+                })
+                .collect(),
+            operator,
+        }
+    }
+
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&ServicePorts> {
         self.services.iter().find(|s| s.name == name)
@@ -117,32 +150,18 @@ impl HubTopology {
 
 /// contract: SPIFFE identities — `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+    crate::resources::names::spiffe_id(trust_domain, namespace, service_account)
 }
 
 /// contract: Labels — the labels of every object the operator creates for a service.
 pub fn service_labels(hub: &str, service: &str) -> BTreeMap<String, String> {
-    [
-        ("app.kubernetes.io/name", service),
-        ("app.kubernetes.io/instance", hub),
-        ("app.kubernetes.io/component", service),
-        ("app.kubernetes.io/part-of", "meter-park"),
-        ("app.kubernetes.io/managed-by", "mpm-operator"),
-        ("meterpark.io/hub", hub),
-        ("meterpark.io/service", service),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    crate::resources::names::service_labels(hub, service)
 }
 
 /// contract: Labels — the pod selector of a service (`meterpark.io/hub` + `meterpark.io/service`).
 pub fn service_pod_selector(hub: &str, service: &str) -> LabelSelector {
     LabelSelector {
-        match_labels: Some(BTreeMap::from([
-            ("meterpark.io/hub".to_string(), hub.to_string()),
-            ("meterpark.io/service".to_string(), service.to_string()),
-        ])),
+        match_labels: Some(crate::resources::names::selector_labels(hub, service)),
         match_expressions: None,
     }
 }

@@ -18,19 +18,18 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context as _};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
-use crate::acl::{self, AclError, HubTopology, NamedPort, OperatorAccess, ServicePorts};
+use crate::acl::{self, AclError, HubTopology, OperatorAccess};
 use crate::crd::device_hub::DeviceHub;
 use crate::crd::service_acl::{ServiceACL, ServiceAclSpec};
 use crate::netpol::{
-    ContainerPort, Decision, DirectionDecision, Endpoint, Evaluator, NamespaceInfo, PodInfo,
+    Decision, DirectionDecision, Endpoint, Evaluator, NamespaceInfo,
     Protocol,
 };
-use crate::resources::hub::{resolve_services, ServiceKind};
+use crate::resources::hub::resolve_services;
 use crate::resources::names;
 
 /// Arguments of `explain`.
@@ -203,31 +202,15 @@ pub fn hub_topology(hub: &DeviceHub, namespace: &str) -> anyhow::Result<HubTopol
             crate::resources::hub::describe(&e)
         )
     })?;
-    Ok(HubTopology {
-        namespace: namespace.to_string(),
-        hub: name,
-        trust_domain: hub.spec.trust_domain.clone(),
-        services: services
-            .iter()
-            .map(|s| ServicePorts {
-                https_port: s.port,
-                extra_ports: if s.kind == ServiceKind::Connector {
-                    vec![NamedPort {
-                        name: "ingest".into(),
-                        port: names::INGEST_PORT,
-                    }]
-                } else {
-                    vec![]
-                },
-                ..ServicePorts::new(s.name.clone())
-            })
-            .collect(),
-        // Only shapes the policies the compiler generates; explain evaluates the live ones.
-        operator: OperatorAccess {
-            namespace_selector: LabelSelector::default(),
-            pod_selector: LabelSelector::default(),
-        },
-    })
+    // The operator access only shapes the policies the compiler generates; explain evaluates
+    // the live ones.
+    Ok(HubTopology::for_services(
+        namespace,
+        &name,
+        &hub.spec.trust_domain,
+        &services,
+        OperatorAccess::default(),
+    ))
 }
 
 /// The ACL's verdict on one call.
@@ -329,25 +312,7 @@ pub fn explain_call(
         }
     };
 
-    let pods: Vec<PodInfo> = topology
-        .services
-        .iter()
-        .map(|s| PodInfo {
-            namespace: topology.namespace.clone(),
-            name: s.name.clone(),
-            labels: acl::service_labels(&topology.hub, &s.name),
-            ips: Vec::new(),
-            ports: s
-                .exposed()
-                .into_iter()
-                .map(|(name, port)| ContainerPort {
-                    name: Some(name),
-                    port,
-                    protocol: Protocol::Tcp,
-                })
-                .collect(),
-        })
-        .collect();
+    let pods = crate::netpol::model_pods(topology);
     let ev = Evaluator::new(
         vec![NamespaceInfo::named(&topology.namespace)],
         pods,

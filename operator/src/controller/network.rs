@@ -15,37 +15,21 @@ use serde_json::json;
 use super::apply::{apply, list_by_name, prune};
 use super::device_hub::CONTROLLER_LABEL;
 use super::{Context, Error};
-use crate::acl::{HubTopology, NamedPort, OperatorAccess, ServicePorts};
+use crate::acl::{HubTopology, OperatorAccess};
 use crate::crd::condition::{merge_conditions, Condition, ConditionStatus};
 use crate::crd::device_hub::DeviceHub;
 use crate::crd::service_acl::{ServiceACL, ServiceAclSpec, ServiceAclStatus};
-use crate::resources::hub::ServiceKind;
 use crate::resources::names::{self, hub_selector};
 use crate::resources::workload::HubContext;
 
 /// The hub as the ACL compiler sees it.
 pub fn topology(ctx: &Context, hub: &DeviceHub, hub_ctx: &HubContext<'_>) -> HubTopology {
-    HubTopology {
-        namespace: hub_ctx.namespace.to_string(),
-        hub: hub_ctx.name.to_string(),
-        trust_domain: hub.spec.trust_domain.clone(),
-        services: hub_ctx
-            .services
-            .iter()
-            .map(|s| ServicePorts {
-                https_port: s.port,
-                extra_ports: if s.kind == ServiceKind::Connector {
-                    vec![NamedPort {
-                        name: "ingest".into(),
-                        port: names::INGEST_PORT,
-                    }]
-                } else {
-                    vec![]
-                },
-                ..ServicePorts::new(s.name.clone())
-            })
-            .collect(),
-        operator: OperatorAccess {
+    HubTopology::for_services(
+        hub_ctx.namespace,
+        hub_ctx.name,
+        &hub.spec.trust_domain,
+        hub_ctx.services,
+        OperatorAccess {
             namespace_selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(
                     "kubernetes.io/metadata.name".to_string(),
@@ -58,7 +42,7 @@ pub fn topology(ctx: &Context, hub: &DeviceHub, hub_ctx: &HubContext<'_>) -> Hub
                 ..LabelSelector::default()
             },
         },
-    }
+    )
 }
 
 fn mark<K: Resource>(mut obj: K) -> K {

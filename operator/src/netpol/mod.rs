@@ -26,6 +26,6 @@ pub use eval::{Decision, DirectionDecision, Evaluator};
 pub use matrix::{external_ports, matrix};
 pub use model::{ContainerPort, Endpoint, NamespaceInfo, PodId, PodInfo, NAMESPACE_NAME_LABEL};
 pub use selector::Selector;
-pub use verify::{verify, Verification, VerifyError, DEFAULT_ACTION_RULE};
+pub use verify::{model_pods, verify, Verification, VerifyError, DEFAULT_ACTION_RULE};
 
 pub use crate::crd::service_acl::Protocol;

@@ -63,25 +63,7 @@ pub fn verify(
     policies: &[NetworkPolicy],
 ) -> Result<Verification, VerifyError> {
     let compiled = acl::compile(topology, acls)?;
-    let pods: Vec<PodInfo> = topology
-        .services
-        .iter()
-        .map(|s| PodInfo {
-            namespace: topology.namespace.clone(),
-            name: s.name.clone(),
-            labels: acl::service_labels(&topology.hub, &s.name),
-            ips: Vec::new(),
-            ports: s
-                .exposed()
-                .into_iter()
-                .map(|(name, port)| ContainerPort {
-                    name: Some(name),
-                    port,
-                    protocol: Protocol::Tcp,
-                })
-                .collect(),
-        })
-        .collect();
+    let pods = model_pods(topology);
     let ev = Evaluator::new(
         vec![NamespaceInfo::named(&topology.namespace)],
         pods,
@@ -224,4 +206,28 @@ fn reachable(rule: &str, d: &Decision, from: &str, to: &str, port: u16) -> Viola
             describe("egress", from, &d.egress)
         ),
     }
+}
+
+/// One model pod per hub service, with the operator's labels and every port the service exposes:
+/// what the evaluator checks the ACL against.
+pub fn model_pods(topology: &HubTopology) -> Vec<PodInfo> {
+    topology
+        .services
+        .iter()
+        .map(|s| PodInfo {
+            namespace: topology.namespace.clone(),
+            name: s.name.clone(),
+            labels: acl::service_labels(&topology.hub, &s.name),
+            ips: Vec::new(),
+            ports: s
+                .exposed()
+                .into_iter()
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name),
+                    port,
+                    protocol: Protocol::Tcp,
+                })
+                .collect(),
+        })
+        .collect()
 }
