@@ -127,3 +127,88 @@ pub fn condition(status: &serde_json::Value, type_: &str) -> Option<(String, Str
         )
     })
 }
+
+/// Calls `to_service` of hub `hub` over mTLS with `as_service`'s certificate (read from its Secret)
+/// through a port-forward to one of its pods, so it works on kind and on the local cluster alike.
+/// Returns the HTTP status (0 when the TLS handshake or the request was refused) and the body.
+#[allow(clippy::too_many_arguments)]
+pub async fn mtls_call(
+    client: &Client,
+    ns: &str,
+    hub: &str,
+    as_service: &str,
+    to_service: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+    use kube::api::ListParams;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let data = secrets.get(&format!("{hub}-{as_service}-tls")).await?.data.unwrap_or_default();
+    let field = |k: &str| data.get(k).map(|b| b.0.clone()).unwrap_or_default();
+    let bundle = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get(&format!("{hub}-trust-bundle"))
+        .await?
+        .data
+        .unwrap_or_default()
+        .get("ca-bundle.pem")
+        .cloned()
+        .unwrap_or_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(ca?)?;
+    }
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&field("tls.crt")).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(&field("tls.key"))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("meterpark.io/hub={hub},meterpark.io/service={to_service}");
+    let pod = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .ok_or_else(|| anyhow::anyhow!("no running {to_service} pod"))?;
+    let mut forwarder = pods.portforward(pod.metadata.name.as_deref().unwrap_or_default(), &[8443]).await?;
+    let stream = forwarder.take_stream(8443).context("no port-forward stream")?;
+    // The server's certificate carries its Service DNS names; verify against one of them.
+    let server_name = ServerName::try_from(format!("{hub}-{to_service}.{ns}.svc"))?;
+    let Ok(mut tls) = connector.connect(server_name, stream).await else {
+        return Ok((0, String::new()));
+    };
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {to_service}\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str("content-type: application/json\r\n");
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    if tls.write_all(&bytes).await.is_err() {
+        return Ok((0, String::new()));
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
+    drop(tls);
+    forwarder.abort();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}

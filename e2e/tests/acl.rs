@@ -4,10 +4,9 @@
 //! the identities at the TLS layer: smoc-service refuses the connector's certificate and accepts
 //! device-hub's (through a port-forward, so it works on kind and on the local cluster alike).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -15,7 +14,6 @@ use mpm_e2e::{client, condition, create, skip, wait_for, TestNamespace};
 use mpm_operator::crd::{DeviceHub, ServiceACL};
 use mpm_operator::netpol::{ContainerPort, Endpoint, Evaluator, NamespaceInfo, PodInfo};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HUB: &str = "acl";
 
@@ -180,67 +178,10 @@ async fn reachability(
     })
 }
 
-/// Calls smoc-service's `PUT /v1/devices/E2E-1` over mTLS with `service`'s certificate through a
-/// port-forward to the smoc-service pod; returns the HTTP status (0 if the handshake was refused).
+/// smoc-service's answer to `PUT /v1/devices/E2E-1` from `service`'s identity (0: handshake refused).
 async fn identity_check(client: &Client, ns: &str, service: &str) -> anyhow::Result<u16> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let tls = secrets.get(&format!("{HUB}-{service}-tls")).await?;
-    let data = tls.data.unwrap_or_default();
-    let cert_pem = data.get("tls.crt").map(|b| b.0.clone()).unwrap_or_default();
-    let key_pem = data.get("tls.key").map(|b| b.0.clone()).unwrap_or_default();
-    let bundle = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get(&format!("{HUB}-trust-bundle"))
-        .await?
-        .data
-        .unwrap_or_default()
-        .get("ca-bundle.pem")
-        .cloned()
-        .unwrap_or_default();
-
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
-        roots.add(ca?)?;
-    }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod = pods
-        .list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB},meterpark.io/service=smoc-service")))
-        .await?
-        .items
-        .into_iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .ok_or_else(|| anyhow::anyhow!("no running smoc-service pod"))?;
-    let mut forwarder = pods.portforward(pod.metadata.name.as_deref().unwrap_or_default(), &[8443]).await?;
-    let stream = forwarder.take_stream(8443).ok_or_else(|| anyhow::anyhow!("no port-forward stream"))?;
-    let server_name = ServerName::try_from(format!("{HUB}-smoc-service.{ns}.svc"))?;
-    let mut tls = match connector.connect(server_name, stream).await {
-        Ok(t) => t,
-        Err(_) => return Ok(0),
-    };
-    let body = r#"{"manufacturer":"e2e","model":"acl"}"#;
-    let request = format!(
-        "PUT /v1/devices/E2E-1 HTTP/1.1\r\nhost: smoc\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if tls.write_all(request.as_bytes()).await.is_err() {
-        return Ok(0);
-    }
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
-    drop(tls);
-    forwarder.abort();
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = br#"{"manufacturer":"e2e","model":"acl"}"#;
+    let (status, _) = mpm_e2e::mtls_call(client, ns, HUB, service, "smoc-service", "PUT", "/v1/devices/E2E-1", &[], body).await?;
     println!("{service} -> smoc-service: HTTP {status}");
     Ok(status)
 }

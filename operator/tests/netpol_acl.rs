@@ -386,7 +386,11 @@ fn operator_metrics_dns_and_external_rules_are_enforced() {
     let op = p("mpm-system", "operator");
     assert!(ev.allowed(&op, &hub, 8443, Protocol::Tcp));
     assert!(!ev.allowed(&op, &smoc, 8443, Protocol::Tcp));
-    assert!(!ev.allowed(&op, &hub, 8080, Protocol::Tcp));
+    // The operator reads every service's /status on the health port (CA rotation).
+    for s in [&hub, &conn, &smoc] {
+        assert!(ev.allowed(&op, s, 8080, Protocol::Tcp));
+    }
+    assert!(!ev.allowed(&op, &conn, 8443, Protocol::Tcp));
     let prom = p("monitoring", "prometheus");
     for s in [&hub, &conn, &smoc] {
         assert!(ev.allowed(&prom, s, 8080, Protocol::Tcp));

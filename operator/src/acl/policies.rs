@@ -81,7 +81,7 @@ fn service_peer(topology: &HubTopology, service: &str) -> Option<Vec<NetworkPoli
 /// `<hub>-<svc>-acl`: exactly the allowed traffic of one service, every port with its protocol.
 ///
 /// Ingress: from each allowed caller's pods (same namespace) on the edge's ports; from the operator
-/// to device-hub's https port; from the `metricsScrape` peers to the health port; the ACL's
+/// to device-hub's https port and every service's health port; from the `metricsScrape` peers to the health port; the ACL's
 /// `ingress` rules. Egress: to each allowed target's pods on the edge's ports; DNS (UDP and TCP 53)
 /// to pods in any namespace; the ACL's `egress` rules. The API server needs no rule (services do not
 /// call it), kubelet probes are not subject to NetworkPolicy.
@@ -97,16 +97,21 @@ pub(super) fn acl_policy(
             ports: tcp_ports(&e.ports),
         });
     }
-    if svc.name == DEVICE_HUB_SERVICE {
-        ingress.push(NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer {
-                namespace_selector: Some(topology.operator.namespace_selector.clone()),
-                pod_selector: Some(topology.operator.pod_selector.clone()),
-                ip_block: None,
-            }]),
-            ports: tcp_ports([&svc.https_port]),
-        });
-    }
+    // The operator reads every service's `/status` on the health port (which trust bundle a pod
+    // has loaded, during CA rotation) and calls device-hub's API on its https port.
+    let operator_ports: Vec<&u16> = if svc.name == DEVICE_HUB_SERVICE {
+        vec![&svc.https_port, &svc.health_port]
+    } else {
+        vec![&svc.health_port]
+    };
+    ingress.push(NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(topology.operator.namespace_selector.clone()),
+            pod_selector: Some(topology.operator.pod_selector.clone()),
+            ip_block: None,
+        }]),
+        ports: tcp_ports(operator_ports),
+    });
     if !merged.metrics_from.is_empty() {
         ingress.push(NetworkPolicyIngressRule {
             from: Some(merged.metrics_from.iter().map(peer).collect()),

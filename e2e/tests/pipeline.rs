@@ -1,0 +1,150 @@
+//! The system end to end: a meter reading posted by the HES to iec61968-connector travels
+//! connector → device-hub → smoc-service over mTLS (as the ServiceACL allows) and becomes visible
+//! in smoc-service's JWT-protected query API, called by an API gateway identity.
+
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams};
+use kube::Client;
+use mpm_e2e::{client, condition, create, mtls_call, skip, wait_for, TestNamespace, VERSION};
+use mpm_operator::crd::{DeviceHub, ServiceACL};
+use serde_json::json;
+
+const HUB: &str = "pipe";
+
+#[tokio::test]
+async fn meter_reading_reaches_the_query_api() -> anyhow::Result<()> {
+    if skip("meter_reading_reaches_the_query_api") {
+        return Ok(());
+    }
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "mpm-pipe").await?;
+    let result = run(&client, &ns.name).await;
+    ns.delete().await;
+    result
+}
+
+async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
+    // A signing key of the (simulated) identity provider, published as a JWKS ConfigMap.
+    let key = rcgen::KeyPair::generate()?;
+    let raw = key.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "e2e", "alg": "ES256", "use": "sig",
+                                "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+    create::<ConfigMap>(client, ns, json!({"metadata": {"name": "jwks"}, "data": {"jwks.json": jwks.to_string()}})).await?;
+
+    create::<DeviceHub>(client, ns, json!({
+        "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub", "metadata": {"name": HUB},
+        "spec": {
+            "jwt": {"issuer": "https://idp.e2e", "audience": "smoc-api", "jwksConfigMap": "jwks"},
+            // The API layer's identity, declared as a service of the hub.
+            "services": [{"name": "api-gateway", "image": format!("localhost/mpm-services:{VERSION}"),
+                          "command": ["/usr/local/bin/device-hub"]}]
+        }
+    }))
+    .await?;
+    create::<ServiceACL>(client, ns, json!({
+        "apiVersion": "meterpark.io/v1alpha1", "kind": "ServiceACL", "metadata": {"name": HUB},
+        "spec": {
+            "hubRef": {"name": HUB},
+            "allow": [
+                {"from": "iec61968-connector", "to": "device-hub", "http": {"methods": ["POST"], "pathPrefixes": ["/v1/events"]}},
+                {"from": "device-hub", "to": "smoc-service"},
+                {"from": "api-gateway", "to": "smoc-service", "http": {"methods": ["GET"], "pathPrefixes": ["/v1/meters"]}}
+            ],
+            "deny": [{"from": "iec61968-connector", "to": "smoc-service"}]
+        }
+    }))
+    .await?;
+    let hubs: Api<DeviceHub> = Api::namespaced(client.clone(), ns);
+    wait_for("hub Ready", Duration::from_secs(240), || async {
+        let status = serde_json::to_value(hubs.get(HUB).await?.status)?;
+        Ok(matches!(condition(&status, "Ready"), Some((s, _, _)) if s == "True").then_some(()))
+    })
+    .await?;
+    // Pods must have loaded the compiled allowed-peers (the kubelet syncs ConfigMap volumes lazily).
+    let acl_version = |body: &str| serde_json::from_str::<serde_json::Value>(body).ok().map(|v| v["allowedPeersVersion"].clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for("every pod loaded its allowed peers", Duration::from_secs(150), || async {
+        let mut all = true;
+        for pod in pods.list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB}"))).await?.items {
+            let name = pod.metadata.name.unwrap_or_default();
+            let path = format!("/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/status");
+            let body = client.request_text(http::Request::get(path).body(Vec::new())?).await.unwrap_or_default();
+            all &= acl_version(&body).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+        }
+        Ok(all.then_some(()))
+    })
+    .await?;
+
+    // The HES posts an IEC 61968-9 MeterReadings document to the connector's ingest port.
+    let serial = "E2E-PIPE-0001";
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<m:MeterReadings xmlns:m="http://iec.ch/TC57/2011/MeterReadings#">
+  <m:MeterReading>
+    <m:Meter><m:mRID>e2e</m:mRID><m:Names><m:name>{serial}</m:name></m:Names></m:Meter>
+    <m:Readings>
+      <m:ReadingType ref="0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0"/>
+      <m:timeStamp>2026-11-22T10:00:00Z</m:timeStamp>
+      <m:value>42.5</m:value>
+    </m:Readings>
+  </m:MeterReading>
+</m:MeterReadings>"#
+    );
+    let connector = pods
+        .list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB},meterpark.io/service=iec61968-connector")))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .and_then(|p| p.metadata.name)
+        .ok_or_else(|| anyhow::anyhow!("no connector pod"))?;
+    let ingest = ingest(&pods, &connector, &xml).await?;
+    println!("connector answered: {ingest}");
+    assert!(ingest.starts_with("HTTP/1.1 202"), "ingest accepted: {ingest}");
+
+    // The reading becomes visible in smoc-service's query API (JWT with realm role `reader`).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = json!({"iss": "https://idp.e2e", "aud": "smoc-api", "sub": "e2e", "exp": now + 600, "iat": now,
+                        "realm_access": {"roles": ["reader"]}});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("e2e".into());
+    let token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?)?;
+    let bearer = format!("Bearer {token}");
+    let path = format!("/v1/meters/{serial}/readings");
+    let readings = wait_for("reading visible in smoc-service", Duration::from_secs(90), || async {
+        let (status, body) =
+            mtls_call(client, ns, HUB, "api-gateway", "smoc-service", "GET", &path, &[("authorization", &bearer)], b"").await?;
+        Ok((status == 200 && body.contains("42.5")).then_some(body))
+    })
+    .await?;
+    println!("smoc-service readings: {readings}");
+
+    // Without a token the query API refuses; the connector's identity is refused outright.
+    let (status, _) = mtls_call(client, ns, HUB, "api-gateway", "smoc-service", "GET", &path, &[], b"").await?;
+    assert_eq!(status, 401);
+    let (status, _) =
+        mtls_call(client, ns, HUB, "iec61968-connector", "smoc-service", "GET", &path, &[("authorization", &bearer)], b"").await?;
+    assert_eq!(status, 403);
+    Ok(())
+}
+
+/// Posts the document to the connector's ingest port through a port-forward (plain HTTP).
+async fn ingest(pods: &Api<Pod>, pod: &str, xml: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut forwarder = pods.portforward(pod, &[8090]).await?;
+    let mut stream = forwarder.take_stream(8090).ok_or_else(|| anyhow::anyhow!("no port-forward stream"))?;
+    let request = format!(
+        "POST /ingest HTTP/1.1\r\nhost: connector\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
+        xml.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
+    drop(stream);
+    forwarder.abort();
+    Ok(String::from_utf8_lossy(&response).to_string())
+}
