@@ -38,11 +38,24 @@ impl Row {
 
 pub fn print_table(title: &str, rows: &[Row]) {
     let w0 = rows.iter().map(|r| r.bench.len()).max().unwrap_or(0).max(9);
-    let w1 = rows.iter().map(|r| r.figure.len()).max().unwrap_or(0).max(6);
-    let w2 = rows.iter().map(|r| r.target.len()).max().unwrap_or(0).max(6);
+    let w1 = rows
+        .iter()
+        .map(|r| r.figure.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let w2 = rows
+        .iter()
+        .map(|r| r.target.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!();
     println!("== {title} ==");
-    println!("{:<w0$} | {:<w1$} | {:<w2$} | result", "benchmark", "figure", "target");
+    println!(
+        "{:<w0$} | {:<w1$} | {:<w2$} | result",
+        "benchmark", "figure", "target"
+    );
     println!("{}", "-".repeat(w0 + w1 + w2 + 15));
     for r in rows {
         let verdict = match r.pass {
@@ -50,7 +63,10 @@ pub fn print_table(title: &str, rows: &[Row]) {
             Some(false) => "MISS",
             None => "info",
         };
-        println!("{:<w0$} | {:<w1$} | {:<w2$} | {verdict}", r.bench, r.figure, r.target);
+        println!(
+            "{:<w0$} | {:<w1$} | {:<w2$} | {verdict}",
+            r.bench, r.figure, r.target
+        );
     }
 }
 
@@ -70,7 +86,10 @@ pub fn ms(d: Duration) -> String {
 /// Name of the pod holding the operator's leader Lease.
 pub async fn leader(client: &Client) -> anyhow::Result<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let lease = leases.get("mpm-operator-leader").await.context("reading the leader Lease")?;
+    let lease = leases
+        .get("mpm-operator-leader")
+        .await
+        .context("reading the leader Lease")?;
     lease
         .spec
         .and_then(|s| s.holder_identity)
@@ -97,7 +116,8 @@ impl PodMemory {
     }
 
     pub fn describe(&self) -> String {
-        let f = |v: Option<u64>| v.map_or("n/a".to_string(), |b| format!("{:.1} MiB", b as f64 / MIB));
+        let f =
+            |v: Option<u64>| v.map_or("n/a".to_string(), |b| format!("{:.1} MiB", b as f64 / MIB));
         format!(
             "VmRSS {} | summary rssBytes {} | workingSetBytes {}",
             f(self.proc_rss),
@@ -117,8 +137,12 @@ async fn summary(client: &Client) -> anyhow::Result<serde_json::Value> {
         .next()
         .and_then(|n| n.metadata.name)
         .context("no node")?;
-    let request = http::Request::get(format!("/api/v1/nodes/{node}/proxy/stats/summary")).body(Vec::new())?;
-    let text = client.request_text(request).await.context("kubelet summary API")?;
+    let request =
+        http::Request::get(format!("/api/v1/nodes/{node}/proxy/stats/summary")).body(Vec::new())?;
+    let text = client
+        .request_text(request)
+        .await
+        .context("kubelet summary API")?;
     Ok(serde_json::from_str(&text)?)
 }
 
@@ -130,17 +154,26 @@ fn proc_rss(pod_uid: &str) -> Option<u64> {
     let mut found = false;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let path = entry.path();
-        if !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
             continue;
         }
-        let Ok(cgroup) = std::fs::read_to_string(path.join("cgroup")) else { continue };
+        let Ok(cgroup) = std::fs::read_to_string(path.join("cgroup")) else {
+            continue;
+        };
         if !(cgroup.contains(&dashed) || cgroup.contains(&underscored)) {
             continue;
         }
         if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "pause") {
             continue;
         }
-        let Ok(status) = std::fs::read_to_string(path.join("status")) else { continue };
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            continue;
+        };
         if let Some(kb) = status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -155,7 +188,11 @@ fn proc_rss(pod_uid: &str) -> Option<u64> {
 }
 
 /// Memory of every pod in `namespace` whose name passes `filter`.
-pub async fn pod_memory(client: &Client, namespace: &str, filter: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PodMemory>> {
+pub async fn pod_memory(
+    client: &Client,
+    namespace: &str,
+    filter: impl Fn(&str) -> bool,
+) -> anyhow::Result<Vec<PodMemory>> {
     let summary = summary(client).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let live = pods.list(&ListParams::default()).await?.items;
@@ -167,7 +204,12 @@ pub async fn pod_memory(client: &Client, namespace: &str, filter: impl Fn(&str) 
             continue;
         }
         // Skip pods that are gone (the summary lags behind deletions).
-        let Some(pod) = live.iter().find(|lp| lp.metadata.name.as_deref() == Some(name)) else { continue };
+        let Some(pod) = live
+            .iter()
+            .find(|lp| lp.metadata.name.as_deref() == Some(name))
+        else {
+            continue;
+        };
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -199,7 +241,9 @@ pub async fn leader_memory(client: &Client) -> anyhow::Result<PodMemory> {
         .await?
         .into_iter()
         .next()
-        .with_context(|| format!("no memory figures for the leader pod {leader} in the kubelet summary"))
+        .with_context(|| {
+            format!("no memory figures for the leader pod {leader} in the kubelet summary")
+        })
 }
 
 /// Rows for a memory figure against a limit in MiB.
@@ -226,7 +270,11 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let start = std::time::Instant::now();
-    let results: Vec<anyhow::Result<()>> = stream::iter(0..n).map(op).buffer_unordered(concurrency).collect().await;
+    let results: Vec<anyhow::Result<()>> = stream::iter(0..n)
+        .map(op)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
     let elapsed = start.elapsed();
     let errors: Vec<&anyhow::Error> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     if let Some(e) = errors.first() {

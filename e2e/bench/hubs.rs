@@ -21,7 +21,10 @@ const TIMED_HUBS: usize = 20;
 const TOTAL_HUBS: usize = 100;
 
 fn hub(name: &str) -> anyhow::Result<DeviceHub> {
-    let services: Vec<_> = SERVICES.iter().map(|s| json!({"name": s, "replicas": 0})).collect();
+    let services: Vec<_> = SERVICES
+        .iter()
+        .map(|s| json!({"name": s, "replicas": 0}))
+        .collect();
     Ok(serde_json::from_value(json!({
         "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
         "metadata": {"name": name}, "spec": {"services": services}
@@ -87,12 +90,30 @@ impl Apis {
         let mut add = |kind: &str, names: Vec<Option<String>>| {
             set.extend(names.into_iter().flatten().map(|n| format!("{kind}/{n}")));
         };
-        add("Deployment", d.items.into_iter().map(|o| o.metadata.name).collect());
-        add("Service", s.items.into_iter().map(|o| o.metadata.name).collect());
-        add("ServiceAccount", a.items.into_iter().map(|o| o.metadata.name).collect());
-        add("ConfigMap", c.items.into_iter().map(|o| o.metadata.name).collect());
-        add("Secret", x.items.into_iter().map(|o| o.metadata.name).collect());
-        add("NetworkPolicy", n.items.into_iter().map(|o| o.metadata.name).collect());
+        add(
+            "Deployment",
+            d.items.into_iter().map(|o| o.metadata.name).collect(),
+        );
+        add(
+            "Service",
+            s.items.into_iter().map(|o| o.metadata.name).collect(),
+        );
+        add(
+            "ServiceAccount",
+            a.items.into_iter().map(|o| o.metadata.name).collect(),
+        );
+        add(
+            "ConfigMap",
+            c.items.into_iter().map(|o| o.metadata.name).collect(),
+        );
+        add(
+            "Secret",
+            x.items.into_iter().map(|o| o.metadata.name).collect(),
+        );
+        add(
+            "NetworkPolicy",
+            n.items.into_iter().map(|o| o.metadata.name).collect(),
+        );
         Ok(set)
     }
 }
@@ -141,7 +162,10 @@ async fn measure(client: &Client, ns: &str) -> anyhow::Result<Vec<Row>> {
         "< 1 s",
         Some(p50 < Duration::from_secs(1)),
     ));
-    rows.push(Row::info("hubs: apply → all objects, p95 (20 hubs)", ms(p95)));
+    rows.push(Row::info(
+        "hubs: apply → all objects, p95 (20 hubs)",
+        ms(p95),
+    ));
     rows.push(Row::info(
         "hubs: min / max",
         format!("{} / {}", ms(samples[0]), ms(samples[samples.len() - 1])),
@@ -152,7 +176,11 @@ async fn measure(client: &Client, ns: &str) -> anyhow::Result<Vec<Row>> {
     let (_, errors) = run_concurrent(TOTAL_HUBS - TIMED_HUBS, 8, |i| {
         let hubs = hubs.clone();
         async move {
-            hubs.create(&PostParams::default(), &hub(&format!("b{:03}", i + TIMED_HUBS))?).await?;
+            hubs.create(
+                &PostParams::default(),
+                &hub(&format!("b{:03}", i + TIMED_HUBS))?,
+            )
+            .await?;
             Ok(())
         }
     })
@@ -160,7 +188,9 @@ async fn measure(client: &Client, ns: &str) -> anyhow::Result<Vec<Row>> {
     if errors > 0 {
         bail!("{errors} hubs could not be created");
     }
-    let want: BTreeSet<String> = (0..TOTAL_HUBS).flat_map(|i| expected(&format!("b{i:03}"))).collect();
+    let want: BTreeSet<String> = (0..TOTAL_HUBS)
+        .flat_map(|i| expected(&format!("b{i:03}")))
+        .collect();
     loop {
         let have = apis.existing(None).await?;
         let missing = want.difference(&have).count();
@@ -175,12 +205,23 @@ async fn measure(client: &Client, ns: &str) -> anyhow::Result<Vec<Row>> {
     let all_objects = start.elapsed();
     rows.push(Row::info(
         "hubs: 80 more hubs → all 100 hubs' objects",
-        format!("{:.1} s ({} objects)", all_objects.as_secs_f64(), want.len()),
+        format!(
+            "{:.1} s ({} objects)",
+            all_objects.as_secs_f64(),
+            want.len()
+        ),
     ));
     // Let reconciles of status and certificates settle before reading memory.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let mem = common::leader_memory(client).await?;
-    rows.push(Row::info("hubs: operator leader memory before", baseline.describe()));
-    rows.extend(common::memory_rows("hubs: operator leader RSS at 100 hubs", &mem, 50.0));
+    rows.push(Row::info(
+        "hubs: operator leader memory before",
+        baseline.describe(),
+    ));
+    rows.extend(common::memory_rows(
+        "hubs: operator leader RSS at 100 hubs",
+        &mem,
+        50.0,
+    ));
     Ok(rows)
 }

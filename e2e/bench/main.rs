@@ -31,20 +31,34 @@ fn flag(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(sub) = args.first().cloned() else { bail!(USAGE) };
+    let Some(sub) = args.first().cloned() else {
+        bail!(USAGE)
+    };
     let rest = &args[1..];
     match sub.as_str() {
         "netpol" => print_table("netpol (issue 5)", &netpol::run()?),
-        "hubs" => print_table("hubs (issue 3)", &hubs::run(&mpm_e2e::client().await?).await?),
+        "hubs" => print_table(
+            "hubs (issue 3)",
+            &hubs::run(&mpm_e2e::client().await?).await?,
+        ),
         "meters" => {
             let count = flag(rest, "--count", 10_000)?;
-            print_table("meters (issue 7)", &meters::run(&mpm_e2e::client().await?, count).await?);
+            print_table(
+                "meters (issue 7)",
+                &meters::run(&mpm_e2e::client().await?, count).await?,
+            );
         }
         "renewals" => {
             let count = flag(rest, "--count", 1_000)?;
-            print_table("renewals (issue 4)", &renewals::run(&mpm_e2e::client().await?, count).await?);
+            print_table(
+                "renewals (issue 4)",
+                &renewals::run(&mpm_e2e::client().await?, count).await?,
+            );
         }
-        "services" => print_table("services (issue 6)", &services::run(&mpm_e2e::client().await?).await?),
+        "services" => print_table(
+            "services (issue 6)",
+            &services::run(&mpm_e2e::client().await?).await?,
+        ),
         "all" => {
             let client = mpm_e2e::client().await?;
             let meters = flag(rest, "--meters", 10_000)?;
@@ -70,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            all.retain(|r| r.pass.is_some() || r.bench.ends_with("p95 (20 hubs)") || r.bench.contains("NOTE"));
+            all.retain(|r| {
+                r.pass.is_some() || r.bench.ends_with("p95 (20 hubs)") || r.bench.contains("NOTE")
+            });
             print_table("summary", &all);
         }
         _ => bail!(USAGE),

@@ -52,10 +52,18 @@ pub async fn run(client: &Client, count: usize) -> anyhow::Result<Vec<Row>> {
     result
 }
 
-async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyhow::Result<Vec<Row>> {
+async fn measure(
+    client: &Client,
+    raw_ns: &str,
+    ns: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     if count != 10_000 {
-        rows.push(Row::info("meters: NOTE", format!("run with --count {count}, not the issue's 10,000")));
+        rows.push(Row::info(
+            "meters: NOTE",
+            format!("run with --count {count}, not the issue's 10,000"),
+        ));
     }
 
     // The hub first (default replicas, so device-hub runs), until Ready.
@@ -76,7 +84,9 @@ async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyho
     let (_, errors) = run_concurrent(count, CONCURRENCY, |i| {
         let cms = cms.clone();
         async move {
-            let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("m{i:05}")}, "data": {"spec": "x"}}))?;
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": format!("m{i:05}")}, "data": {"spec": "x"}}),
+            )?;
             cms.create(&PostParams::default(), &cm).await?;
             Ok(())
         }
@@ -89,7 +99,12 @@ async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyho
         let cms = cms.clone();
         async move {
             let patch = json!({"data": {"status": status_body(i)}});
-            cms.patch(&format!("m{i:05}"), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            cms.patch(
+                &format!("m{i:05}"),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
             Ok(())
         }
     })
@@ -100,7 +115,10 @@ async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyho
     let raw_rate = count as f64 / raw_time.as_secs_f64();
     rows.push(Row::info(
         "meters: raw merge-patch ceiling",
-        format!("{raw_rate:.0} patches/s ({count} in {:.2} s, {CONCURRENCY} in flight)", raw_time.as_secs_f64()),
+        format!(
+            "{raw_rate:.0} patches/s ({count} in {:.2} s, {CONCURRENCY} in flight)",
+            raw_time.as_secs_f64()
+        ),
     ));
 
     // Operator: create N Meters with the same concurrency; poll (paged lists) until all Provisioned.
@@ -117,7 +135,10 @@ async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyho
     if errors > 0 {
         bail!("{errors} Meters not created");
     }
-    eprintln!("  {count} Meters created in {:.2} s", create_time.as_secs_f64());
+    eprintln!(
+        "  {count} Meters created in {:.2} s",
+        create_time.as_secs_f64()
+    );
     let timeout = Duration::from_secs(120) + Duration::from_millis(100) * count as u32;
     let mut last_report = Instant::now();
     let provision_time = loop {
@@ -129,7 +150,10 @@ async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyho
             bail!("only {provisioned} of {count} Meters Provisioned after {timeout:?}");
         }
         if last_report.elapsed() > Duration::from_secs(15) {
-            eprintln!("  {provisioned}/{count} Provisioned after {:.0} s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "  {provisioned}/{count} Provisioned after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -142,7 +166,10 @@ async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyho
     ));
     rows.push(Row::info(
         "meters: apply → all Provisioned",
-        format!("{:.2} s = {op_rate:.0} Meters/s ({count} Meters)", provision_time.as_secs_f64()),
+        format!(
+            "{:.2} s = {op_rate:.0} Meters/s ({count} Meters)",
+            provision_time.as_secs_f64()
+        ),
     ));
     rows.push(Row::new(
         "meters: operator rate / raw ceiling",
@@ -152,7 +179,11 @@ async fn measure(client: &Client, raw_ns: &str, ns: &str, count: usize) -> anyho
     ));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mem = common::leader_memory(client).await?;
-    rows.extend(common::memory_rows(&format!("meters: operator leader RSS at {count} Meters"), &mem, 100.0));
+    rows.extend(common::memory_rows(
+        &format!("meters: operator leader RSS at {count} Meters"),
+        &mem,
+        100.0,
+    ));
     Ok(rows)
 }
 
@@ -164,7 +195,11 @@ async fn count_provisioned(meters: &Api<Meter>) -> anyhow::Result<usize> {
         n += page
             .items
             .iter()
-            .filter(|m| m.status.as_ref().is_some_and(|s| s.phase == MeterPhase::Provisioned))
+            .filter(|m| {
+                m.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == MeterPhase::Provisioned)
+            })
             .count();
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => lp = lp.continue_token(&token),

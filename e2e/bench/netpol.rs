@@ -9,7 +9,9 @@ use anyhow::bail;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use mpm_operator::acl::{self, HubTopology, OperatorAccess, ServicePorts};
 use mpm_operator::crd::service_acl::ServiceAclSpec;
-use mpm_operator::netpol::{self, ContainerPort, Endpoint, Evaluator, NamespaceInfo, PodInfo, Protocol};
+use mpm_operator::netpol::{
+    self, ContainerPort, Endpoint, Evaluator, NamespaceInfo, PodInfo, Protocol,
+};
 use serde_json::json;
 
 use crate::common::{ms, percentile, Row};
@@ -24,7 +26,9 @@ fn topology() -> HubTopology {
         namespace: "bench".into(),
         hub: "bench".into(),
         trust_domain: "cluster.local".into(),
-        services: (0..SERVICES).map(|i| ServicePorts::new(format!("svc{i:02}"))).collect(),
+        services: (0..SERVICES)
+            .map(|i| ServicePorts::new(format!("svc{i:02}")))
+            .collect(),
         operator: OperatorAccess::default(),
     }
 }
@@ -75,7 +79,12 @@ fn world() -> anyhow::Result<Evaluator> {
                 ("app".to_string(), format!("app{}", i % 50)),
                 ("role".to_string(), format!("r{}", i % 7)),
             ]),
-            ips: vec![std::net::IpAddr::from([10, (i / 65536) as u8, ((i / 256) % 256) as u8, (i % 256) as u8])],
+            ips: vec![std::net::IpAddr::from([
+                10,
+                (i / 65536) as u8,
+                ((i / 256) % 256) as u8,
+                (i % 256) as u8,
+            ])],
             ports: vec![
                 ContainerPort {
                     name: Some("http".into()),
@@ -115,7 +124,10 @@ fn world() -> anyhow::Result<Evaluator> {
 pub fn run() -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     if cfg!(debug_assertions) {
-        rows.push(Row::info("netpol: WARNING", "debug build: figures are meaningless, run with --release"));
+        rows.push(Row::info(
+            "netpol: WARNING",
+            "debug build: figures are meaningless, run with --release",
+        ));
     }
     let topo = topology();
     let specs = acls()?;
@@ -135,7 +147,10 @@ pub fn run() -> anyhow::Result<Vec<Row>> {
         let verification = netpol::verify(&specs, &topo, &policies)?;
         let v = t2.elapsed();
         if !verification.verified() {
-            bail!("the compiled policies do not verify: {:?}", verification.violations.first());
+            bail!(
+                "the compiled policies do not verify: {:?}",
+                verification.violations.first()
+            );
         }
         if run == 0 {
             summary = format!(
@@ -166,7 +181,11 @@ pub fn run() -> anyhow::Result<Vec<Row>> {
     ));
     rows.push(Row::info(
         "netpol: compile / verify medians",
-        format!("{} / {}", ms(percentile(&compile_only, 50.0)), ms(percentile(&verify_only, 50.0))),
+        format!(
+            "{} / {}",
+            ms(percentile(&compile_only, 50.0)),
+            ms(percentile(&verify_only, 50.0))
+        ),
     ));
 
     // Evaluator throughput: 2,000,000 pair-port checks, 3 rounds, median.
@@ -183,7 +202,11 @@ pub fn run() -> anyhow::Result<Vec<Row>> {
         for i in 0..n {
             let src = &eps[(i * 7919) % eps.len()];
             let dst = &eps[(i * 104_729 + 13) % eps.len()];
-            let (port, proto) = if i % 3 == 0 { (53, Protocol::Udp) } else { (8080, Protocol::Tcp) };
+            let (port, proto) = if i % 3 == 0 {
+                (53, Protocol::Udp)
+            } else {
+                (8080, Protocol::Tcp)
+            };
             allowed += usize::from(ev.allowed(src, dst, port, proto));
         }
         rates.push(n as f64 / t.elapsed().as_secs_f64());
@@ -192,7 +215,11 @@ pub fn run() -> anyhow::Result<Vec<Row>> {
     let rate = rates[1];
     rows.push(Row::info(
         "netpol: evaluator world",
-        format!("1000 pods, 200 policies, {} endpoints, built in {}; {allowed}/{n} allowed", eps.len(), ms(built)),
+        format!(
+            "1000 pods, 200 policies, {} endpoints, built in {}; {allowed}/{n} allowed",
+            eps.len(),
+            ms(built)
+        ),
     ));
     rows.push(Row::new(
         "netpol: evaluator throughput (median of 3)",

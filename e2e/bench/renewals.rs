@@ -24,15 +24,24 @@ fn secret(name: &str, leaf: &IssuedCert, resource_version: Option<String>) -> Se
     let mut s = Secret {
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
-            ("tls.crt".to_string(), ByteString(leaf.cert_pem.clone().into_bytes())),
-            ("tls.key".to_string(), ByteString(leaf.key_pem.clone().into_bytes())),
+            (
+                "tls.crt".to_string(),
+                ByteString(leaf.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(leaf.key_pem.clone().into_bytes()),
+            ),
         ])),
         ..Default::default()
     };
     s.metadata.name = Some(name.to_string());
     s.metadata.resource_version = resource_version;
     s.metadata.labels = Some(BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_string(), "mpm-bench".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "mpm-bench".to_string(),
+        ),
         ("meterpark.io/hub".to_string(), "bench".to_string()),
     ]));
     s.metadata.annotations = Some(BTreeMap::from([(
@@ -68,7 +77,11 @@ async fn measure(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<
     let renewed = issue(count)?;
     let issued = t.elapsed();
     let pem_bytes = first[0].cert_pem.len() + first[0].key_pem.len();
-    eprintln!("  issued {} leaves in {:.2} s ({pem_bytes} bytes of PEM each)", 2 * count, issued.as_secs_f64());
+    eprintln!(
+        "  issued {} leaves in {:.2} s ({pem_bytes} bytes of PEM each)",
+        2 * count,
+        issued.as_secs_f64()
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let ssa = PatchParams::apply("mpm-operator").force();
     let rate = |d: Duration| count as f64 / d.as_secs_f64();
@@ -79,8 +92,14 @@ async fn measure(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<
     let (create_time, e1) = run_concurrent(count, CONCURRENCY, |i| {
         let (secrets, leaf, rvs) = (secrets.clone(), &first[i], &rvs);
         async move {
-            let created = secrets.create(&PostParams::default(), &secret(&format!("raw-{i:04}"), leaf, None)).await?;
-            rvs.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] = created.metadata.resource_version;
+            let created = secrets
+                .create(
+                    &PostParams::default(),
+                    &secret(&format!("raw-{i:04}"), leaf, None),
+                )
+                .await?;
+            rvs.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] =
+                created.metadata.resource_version;
             Ok(())
         }
     })
@@ -90,7 +109,9 @@ async fn measure(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<
         let (secrets, leaf, rv) = (secrets.clone(), &renewed[i], rvs[i].clone());
         async move {
             let name = format!("raw-{i:04}");
-            secrets.replace(&name, &PostParams::default(), &secret(&name, leaf, rv)).await?;
+            secrets
+                .replace(&name, &PostParams::default(), &secret(&name, leaf, rv))
+                .await?;
             Ok(())
         }
     })
@@ -101,7 +122,9 @@ async fn measure(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<
         let (secrets, leaf, ssa) = (secrets.clone(), &first[i], &ssa);
         async move {
             let name = format!("ssa-{i:04}");
-            secrets.patch(&name, ssa, &Patch::Apply(&secret(&name, leaf, None))).await?;
+            secrets
+                .patch(&name, ssa, &Patch::Apply(&secret(&name, leaf, None)))
+                .await?;
             Ok(())
         }
     })
@@ -110,7 +133,9 @@ async fn measure(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<
         let (secrets, leaf, ssa) = (secrets.clone(), &renewed[i], &ssa);
         async move {
             let name = format!("ssa-{i:04}");
-            secrets.patch(&name, ssa, &Patch::Apply(&secret(&name, leaf, None))).await?;
+            secrets
+                .patch(&name, ssa, &Patch::Apply(&secret(&name, leaf, None)))
+                .await?;
             Ok(())
         }
     })
@@ -123,18 +148,33 @@ async fn measure(client: &Client, ns: &str, count: usize) -> anyhow::Result<Vec<
         "renewals: NOTE",
         "write path only (SSA of renewed tls Secrets); not operator-driven, no --write-qps pacing",
     ));
-    rows.push(Row::info("renewals: PEM per Secret", format!("{pem_bytes} bytes (ECDSA P-256 leaf + PKCS#8 key)")));
+    rows.push(Row::info(
+        "renewals: PEM per Secret",
+        format!("{pem_bytes} bytes (ECDSA P-256 leaf + PKCS#8 key)"),
+    ));
     rows.push(Row::info(
         "renewals: raw Secret create",
-        format!("{:.0} writes/s ({count} in {:.2} s)", rate(create_time), create_time.as_secs_f64()),
+        format!(
+            "{:.0} writes/s ({count} in {:.2} s)",
+            rate(create_time),
+            create_time.as_secs_f64()
+        ),
     ));
     rows.push(Row::info(
         "renewals: raw Secret replace (ceiling)",
-        format!("{:.0} writes/s ({count} in {:.2} s)", rate(replace_time), replace_time.as_secs_f64()),
+        format!(
+            "{:.0} writes/s ({count} in {:.2} s)",
+            rate(replace_time),
+            replace_time.as_secs_f64()
+        ),
     ));
     rows.push(Row::info(
         &format!("renewals: {count} renewals via SSA"),
-        format!("{:.2} s = {:.0} writes/s", renew_time.as_secs_f64(), rate(renew_time)),
+        format!(
+            "{:.2} s = {:.0} writes/s",
+            renew_time.as_secs_f64(),
+            rate(renew_time)
+        ),
     ));
     rows.push(Row::new(
         "renewals: SSA renewal rate / raw replace",

@@ -18,10 +18,17 @@ pub async fn run(client: &Client) -> anyhow::Result<Vec<Row>> {
     )];
     let pods = common::pod_memory(client, NAMESPACE, |_| true).await?;
     if pods.is_empty() {
-        rows.push(Row::info("services: idle RSS", format!("no running pods in namespace {NAMESPACE}")));
+        rows.push(Row::info(
+            "services: idle RSS",
+            format!("no running pods in namespace {NAMESPACE}"),
+        ));
     }
     for mem in &pods {
-        rows.extend(common::memory_rows(&format!("services: idle RSS {}", mem.pod), mem, 20.0));
+        rows.extend(common::memory_rows(
+            &format!("services: idle RSS {}", mem.pod),
+            mem,
+            20.0,
+        ));
     }
     Ok(rows)
 }
