@@ -30,7 +30,9 @@ pub fn skip(test: &str) -> bool {
 }
 
 pub async fn client() -> anyhow::Result<Client> {
-    Client::try_default().await.context("connecting to the cluster in KUBECONFIG")
+    Client::try_default()
+        .await
+        .context("connecting to the cluster in KUBECONFIG")
 }
 
 /// A namespace created for one test; call [`TestNamespace::delete`] at the end.
@@ -47,7 +49,9 @@ impl TestNamespace {
         let ns: Namespace = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"mpm-e2e": "true", "kubernetes.io/metadata.name": name}}
         }))?;
-        api.create(&PostParams::default(), &ns).await.with_context(|| format!("creating namespace {name}"))?;
+        api.create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
         Ok(Self {
             name,
             client: client.clone(),
@@ -87,14 +91,20 @@ where
 pub async fn operator_writes(client: &Client) -> anyhow::Result<u64> {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let lease = leases.get("mpm-operator-leader").await.context("reading the leader Lease")?;
+    let lease = leases
+        .get("mpm-operator-leader")
+        .await
+        .context("reading the leader Lease")?;
     let leader = lease
         .spec
         .and_then(|s| s.holder_identity)
         .context("the leader Lease has no holder")?;
     let path = format!("/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{leader}:8080/proxy/metrics");
     let request = http::Request::get(path).body(Vec::new())?;
-    let text = client.request_text(request).await.context("reading the operator's /metrics")?;
+    let text = client
+        .request_text(request)
+        .await
+        .context("reading the operator's /metrics")?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("mpm_operator_api_writes_total{"))
@@ -119,13 +129,17 @@ where
 
 /// A condition of a custom resource's status (`status.conditions[type]`) as (status, reason, message).
 pub fn condition(status: &serde_json::Value, type_: &str) -> Option<(String, String, String)> {
-    status["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
-        (
-            c["status"].as_str().unwrap_or_default().to_string(),
-            c["reason"].as_str().unwrap_or_default().to_string(),
-            c["message"].as_str().unwrap_or_default().to_string(),
-        )
-    })
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
 }
 
 /// Calls `to_service` of hub `hub` over mTLS with `as_service`'s certificate (read from its Secret)
@@ -151,7 +165,11 @@ pub async fn mtls_call(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let data = secrets.get(&format!("{hub}-{as_service}-tls")).await?.data.unwrap_or_default();
+    let data = secrets
+        .get(&format!("{hub}-{as_service}-tls"))
+        .await?
+        .data
+        .unwrap_or_default();
     let field = |k: &str| data.get(k).map(|b| b.0.clone()).unwrap_or_default();
     let bundle = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get(&format!("{hub}-trust-bundle"))
@@ -168,10 +186,12 @@ pub async fn mtls_call(
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&field("tls.crt")).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(&field("tls.key"))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -183,8 +203,12 @@ pub async fn mtls_call(
         .into_iter()
         .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .ok_or_else(|| anyhow::anyhow!("no running {to_service} pod"))?;
-    let mut forwarder = pods.portforward(pod.metadata.name.as_deref().unwrap_or_default(), &[8443]).await?;
-    let stream = forwarder.take_stream(8443).context("no port-forward stream")?;
+    let mut forwarder = pods
+        .portforward(pod.metadata.name.as_deref().unwrap_or_default(), &[8443])
+        .await?;
+    let stream = forwarder
+        .take_stream(8443)
+        .context("no port-forward stream")?;
     // The server's certificate carries its Service DNS names; verify against one of them.
     let server_name = ServerName::try_from(format!("{hub}-{to_service}.{ns}.svc"))?;
     let Ok(mut tls) = connector.connect(server_name, stream).await else {
@@ -208,7 +232,14 @@ pub async fn mtls_call(
     drop(tls);
     forwarder.abort();
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }

@@ -70,7 +70,10 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     // Exactly two policies per service, and the live policies give exactly the ACL's reachability.
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
     let live = policies.list(&ListParams::default()).await?.items;
-    let mut names: Vec<String> = live.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    let mut names: Vec<String> = live
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
     names.sort();
     let mut expected: Vec<String> = ["device-hub", "iec61968-connector", "smoc-service"]
         .iter()
@@ -79,25 +82,48 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     expected.sort();
     assert_eq!(names, expected);
     assert!(
-        live.iter().flat_map(|p| p.spec.iter()).all(|s| s.policy_types.as_deref().is_some_and(|t| t.len() == 2)),
+        live.iter()
+            .flat_map(|p| p.spec.iter())
+            .all(|s| s.policy_types.as_deref().is_some_and(|t| t.len() == 2)),
         "every policy isolates both directions"
     );
     let reach = reachability(client, ns, &live).await?;
     let https = 8443;
-    assert!(reach("iec61968-connector", "device-hub", https), "connector -> device-hub allowed");
-    assert!(reach("device-hub", "smoc-service", https), "device-hub -> smoc-service allowed");
-    assert!(!reach("iec61968-connector", "smoc-service", https), "connector -> smoc-service denied");
-    assert!(!reach("smoc-service", "device-hub", https), "smoc-service -> device-hub denied");
-    assert!(!reach("device-hub", "iec61968-connector", https), "device-hub -> connector denied");
+    assert!(
+        reach("iec61968-connector", "device-hub", https),
+        "connector -> device-hub allowed"
+    );
+    assert!(
+        reach("device-hub", "smoc-service", https),
+        "device-hub -> smoc-service allowed"
+    );
+    assert!(
+        !reach("iec61968-connector", "smoc-service", https),
+        "connector -> smoc-service denied"
+    );
+    assert!(
+        !reach("smoc-service", "device-hub", https),
+        "smoc-service -> device-hub denied"
+    );
+    assert!(
+        !reach("device-hub", "iec61968-connector", https),
+        "device-hub -> connector denied"
+    );
     for port in [8080, 8443] {
-        assert!(!reach("iec61968-connector", "smoc-service", port), "connector -> smoc {port} denied");
+        assert!(
+            !reach("iec61968-connector", "smoc-service", port),
+            "connector -> smoc {port} denied"
+        );
     }
 
     // The services enforce the ACL at the TLS layer.
     let status = identity_check(client, ns, "iec61968-connector").await?;
     assert_eq!(status, 403, "smoc-service refuses the connector's identity");
     let status = identity_check(client, ns, "device-hub").await?;
-    assert!((200..300).contains(&status), "smoc-service accepts device-hub's identity, got {status}");
+    assert!(
+        (200..300).contains(&status),
+        "smoc-service accepts device-hub's identity, got {status}"
+    );
 
     // A hand-written allow-all policy makes the deny invariant reachable: Verified=False names it.
     let allow_all: NetworkPolicy = serde_json::from_value(json!({
@@ -105,27 +131,59 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}], "egress": [{}]}
     }))?;
     policies.create(&PostParams::default(), &allow_all).await?;
-    let message = wait_for("Verified=False naming allow-all", Duration::from_secs(60), || async {
-        let status = acl_status(&acls).await?;
-        Ok(condition(&status, "Verified").filter(|c| c.0 == "False").map(|c| c.2))
-    })
+    let message = wait_for(
+        "Verified=False naming allow-all",
+        Duration::from_secs(60),
+        || async {
+            let status = acl_status(&acls).await?;
+            Ok(condition(&status, "Verified")
+                .filter(|c| c.0 == "False")
+                .map(|c| c.2))
+        },
+    )
     .await?;
     assert!(message.contains("allow-all"), "{message}");
     assert!(message.contains("connector-never-store"), "{message}");
     policies.delete("allow-all", &Default::default()).await?;
 
     // A bad edit (unknown service) is reported on the rule and the policies in force stay as they are.
-    let before: Vec<_> = policies.list(&ListParams::default()).await?.items.into_iter().map(|p| p.spec).collect();
+    let before: Vec<_> = policies
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|p| p.spec)
+        .collect();
     let mut bad = acl_spec();
     bad["allow"][0]["to"] = json!("no-such-service");
-    acls.patch(HUB, &PatchParams::default(), &Patch::Merge(json!({"spec": bad}))).await?;
-    let message = wait_for("Ready=False InvalidRule", Duration::from_secs(60), || async {
-        let status = acl_status(&acls).await?;
-        Ok(condition(&status, "Ready").filter(|c| c.0 == "False" && c.1 == "InvalidRule").map(|c| c.2))
-    })
+    acls.patch(
+        HUB,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": bad})),
+    )
     .await?;
-    assert!(message.contains("connector-to-hub") && message.contains("no-such-service"), "{message}");
-    let after: Vec<_> = policies.list(&ListParams::default()).await?.items.into_iter().map(|p| p.spec).collect();
+    let message = wait_for(
+        "Ready=False InvalidRule",
+        Duration::from_secs(60),
+        || async {
+            let status = acl_status(&acls).await?;
+            Ok(condition(&status, "Ready")
+                .filter(|c| c.0 == "False" && c.1 == "InvalidRule")
+                .map(|c| c.2))
+        },
+    )
+    .await?;
+    assert!(
+        message.contains("connector-to-hub") && message.contains("no-such-service"),
+        "{message}"
+    );
+    let after: Vec<_> = policies
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|p| p.spec)
+        .collect();
     assert_eq!(before, after, "policies unchanged after a bad edit");
     Ok(())
 }
@@ -138,9 +196,16 @@ async fn reachability(
 ) -> anyhow::Result<impl Fn(&str, &str, u16) -> bool> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let mut infos = Vec::new();
-    for pod in pods.list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB}"))).await?.items {
+    for pod in pods
+        .list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB}")))
+        .await?
+        .items
+    {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let service = labels.get("meterpark.io/service").cloned().unwrap_or_default();
+        let service = labels
+            .get("meterpark.io/service")
+            .cloned()
+            .unwrap_or_default();
         let ports = pod
             .spec
             .iter()
@@ -181,7 +246,18 @@ async fn reachability(
 /// smoc-service's answer to `PUT /v1/devices/E2E-1` from `service`'s identity (0: handshake refused).
 async fn identity_check(client: &Client, ns: &str, service: &str) -> anyhow::Result<u16> {
     let body = br#"{"manufacturer":"e2e","model":"acl"}"#;
-    let (status, _) = mpm_e2e::mtls_call(client, ns, HUB, service, "smoc-service", "PUT", "/v1/devices/E2E-1", &[], body).await?;
+    let (status, _) = mpm_e2e::mtls_call(
+        client,
+        ns,
+        HUB,
+        service,
+        "smoc-service",
+        "PUT",
+        "/v1/devices/E2E-1",
+        &[],
+        body,
+    )
+    .await?;
     println!("{service} -> smoc-service: HTTP {status}");
     Ok(status)
 }
@@ -195,7 +271,9 @@ async fn denied_edges_are_blocked_at_l4() -> anyhow::Result<()> {
         return Ok(());
     }
     if std::env::var("MPM_E2E_NETPOL_ENFORCED").ok().as_deref() != Some("1") {
-        eprintln!("denied_edges_are_blocked_at_l4: skipped (this cluster does not enforce NetworkPolicy)");
+        eprintln!(
+            "denied_edges_are_blocked_at_l4: skipped (this cluster does not enforce NetworkPolicy)"
+        );
         return Ok(());
     }
     let client = client().await?;
@@ -232,13 +310,29 @@ async fn l4(client: &Client, ns: &str) -> anyhow::Result<()> {
     }))?;
     pods.create(&PostParams::default(), &probe).await?;
     let log = wait_for("probe results", Duration::from_secs(120), || async {
-        let log = pods.logs("as-connector", &Default::default()).await.unwrap_or_default();
+        let log = pods
+            .logs("as-connector", &Default::default())
+            .await
+            .unwrap_or_default();
         Ok(log.contains("\"check\":\"done\"").then_some(log))
     })
     .await?;
-    let checks: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let ok = |target: &str| checks.iter().any(|c| c["check"] == target && c["ok"] == true);
-    assert!(ok(&format!("tcp:{HUB}-device-hub.{ns}.svc:8443")), "connector -> device-hub connects:\n{log}");
-    assert!(!ok(&format!("tcp:{HUB}-smoc-service.{ns}.svc:8443")), "connector -> smoc-service is blocked:\n{log}");
+    let checks: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ok = |target: &str| {
+        checks
+            .iter()
+            .any(|c| c["check"] == target && c["ok"] == true)
+    };
+    assert!(
+        ok(&format!("tcp:{HUB}-device-hub.{ns}.svc:8443")),
+        "connector -> device-hub connects:\n{log}"
+    );
+    assert!(
+        !ok(&format!("tcp:{HUB}-smoc-service.{ns}.svc:8443")),
+        "connector -> smoc-service is blocked:\n{log}"
+    );
     Ok(())
 }

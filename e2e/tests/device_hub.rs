@@ -19,7 +19,11 @@ async fn hub_status(api: &Api<DeviceHub>, name: &str) -> anyhow::Result<serde_js
     Ok(serde_json::to_value(hub.status)?)
 }
 
-async fn wait_ready(api: &Api<DeviceHub>, name: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+async fn wait_ready(
+    api: &Api<DeviceHub>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
     wait_for(&format!("DeviceHub {name} Ready"), timeout, || async {
         let status = hub_status(api, name).await?;
         Ok(matches!(condition(&status, "Ready"), Some((s, _, _)) if s == "True").then_some(status))
@@ -44,15 +48,24 @@ async fn lifecycle(client: &Client, ns: &str) -> anyhow::Result<()> {
     // A minimal hub plus one declared extra service (a BFF), which is later removed.
     let bff = json!({"name": "bff", "image": format!("localhost/mpm-services:{VERSION}"),
                      "command": ["/usr/local/bin/device-hub"]});
-    create::<DeviceHub>(client, ns, json!({
-        "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
-        "metadata": {"name": "demo"},
-        "spec": {"services": [bff]}
-    }))
+    create::<DeviceHub>(
+        client,
+        ns,
+        json!({
+            "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
+            "metadata": {"name": "demo"},
+            "spec": {"services": [bff]}
+        }),
+    )
     .await?;
     let status = wait_ready(&hubs, "demo", Duration::from_secs(240)).await?;
     assert_eq!(status["readyServices"], "4/4", "{status}");
-    assert_eq!(condition(&status, "CertificatesReady").map(|c| c.0).as_deref(), Some("True"));
+    assert_eq!(
+        condition(&status, "CertificatesReady")
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True")
+    );
 
     // Every object of every service exists, owned by the hub.
     let uid = hubs.get("demo").await?.metadata.uid.unwrap_or_default();
@@ -65,7 +78,14 @@ async fn lifecycle(client: &Client, ns: &str) -> anyhow::Result<()> {
     for svc in SERVICES.iter().chain(["bff"].iter()) {
         let name = format!("demo-{svc}");
         let d = deployments.get(&name).await?;
-        assert!(d.metadata.owner_references.unwrap_or_default().iter().any(|o| o.uid == uid), "{name} owned by the hub");
+        assert!(
+            d.metadata
+                .owner_references
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.uid == uid),
+            "{name} owned by the hub"
+        );
         let pod = d.spec.unwrap().template.spec.unwrap();
         let sc = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -81,7 +101,10 @@ async fn lifecycle(client: &Client, ns: &str) -> anyhow::Result<()> {
     secrets.get("demo-ca").await?;
     // The CA key stays in its Secret: not in status or events.
     let events = client
-        .request_text(http::Request::get(format!("/apis/events.k8s.io/v1/namespaces/{ns}/events")).body(Vec::new())?)
+        .request_text(
+            http::Request::get(format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"))
+                .body(Vec::new())?,
+        )
         .await?;
     assert!(!events.contains("PRIVATE KEY") && !status.to_string().contains("PRIVATE KEY"));
 
@@ -92,37 +115,64 @@ async fn lifecycle(client: &Client, ns: &str) -> anyhow::Result<()> {
         &Patch::Merge(json!({"spec": {"services": [bff, {"name": "device-hub", "replicas": 2}]}})),
     )
     .await?;
-    wait_for("device-hub scaled to 2 ready replicas", Duration::from_secs(180), || async {
-        let d = deployments.get("demo-device-hub").await?;
-        let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-        Ok((ready == 2).then_some(()))
-    })
+    wait_for(
+        "device-hub scaled to 2 ready replicas",
+        Duration::from_secs(180),
+        || async {
+            let d = deployments.get("demo-device-hub").await?;
+            let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            Ok((ready == 2).then_some(()))
+        },
+    )
     .await?;
-    let pdb_path = |version: &str| format!("/apis/policy/{version}/namespaces/{ns}/poddisruptionbudgets/demo-device-hub");
-    let pdb_v1 = client.request_text(http::Request::get(pdb_path("v1")).body(Vec::new())?).await;
-    let pdb_beta = client.request_text(http::Request::get(pdb_path("v1beta1")).body(Vec::new())?).await;
-    assert!(pdb_v1.is_ok() || pdb_beta.is_ok(), "PodDisruptionBudget for device-hub");
+    let pdb_path = |version: &str| {
+        format!("/apis/policy/{version}/namespaces/{ns}/poddisruptionbudgets/demo-device-hub")
+    };
+    let pdb_v1 = client
+        .request_text(http::Request::get(pdb_path("v1")).body(Vec::new())?)
+        .await;
+    let pdb_beta = client
+        .request_text(http::Request::get(pdb_path("v1beta1")).body(Vec::new())?)
+        .await;
+    assert!(
+        pdb_v1.is_ok() || pdb_beta.is_ok(),
+        "PodDisruptionBudget for device-hub"
+    );
 
     // A hand-deleted Service comes back.
     let before = services.get("demo-smoc-service").await?.metadata.uid;
-    services.delete("demo-smoc-service", &DeleteParams::default()).await?;
-    wait_for("demo-smoc-service restored", Duration::from_secs(60), || async {
-        Ok(services
-            .get_opt("demo-smoc-service")
-            .await?
-            .filter(|s| s.metadata.uid != before && s.metadata.deletion_timestamp.is_none())
-            .map(|_| ()))
-    })
+    services
+        .delete("demo-smoc-service", &DeleteParams::default())
+        .await?;
+    wait_for(
+        "demo-smoc-service restored",
+        Duration::from_secs(60),
+        || async {
+            Ok(services
+                .get_opt("demo-smoc-service")
+                .await?
+                .filter(|s| s.metadata.uid != before && s.metadata.deletion_timestamp.is_none())
+                .map(|_| ()))
+        },
+    )
     .await?;
 
     // A hand-edited Deployment is restored.
     deployments
-        .patch("demo-smoc-service", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch(
+            "demo-smoc-service",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await?;
-    wait_for("demo-smoc-service replicas restored to 1", Duration::from_secs(60), || async {
-        let d = deployments.get("demo-smoc-service").await?;
-        Ok((d.spec.and_then(|s| s.replicas) == Some(1)).then_some(()))
-    })
+    wait_for(
+        "demo-smoc-service replicas restored to 1",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments.get("demo-smoc-service").await?;
+            Ok((d.spec.and_then(|s| s.replicas) == Some(1)).then_some(()))
+        },
+    )
     .await?;
 
     // Removing a service from the spec prunes its objects.
@@ -145,16 +195,20 @@ async fn lifecycle(client: &Client, ns: &str) -> anyhow::Result<()> {
 
     // Deleting the hub removes everything it owns.
     hubs.delete("demo", &DeleteParams::foreground()).await?;
-    wait_for("hub objects garbage-collected", Duration::from_secs(120), || async {
-        let left = deployments.list(&Default::default()).await?.items.len()
-            + services.list(&Default::default()).await?.items.len()
-            + secrets
-                .list(&kube::api::ListParams::default().labels("meterpark.io/hub=demo"))
-                .await?
-                .items
-                .len();
-        Ok((left == 0 && hubs.get_opt("demo").await?.is_none()).then_some(()))
-    })
+    wait_for(
+        "hub objects garbage-collected",
+        Duration::from_secs(120),
+        || async {
+            let left = deployments.list(&Default::default()).await?.items.len()
+                + services.list(&Default::default()).await?.items.len()
+                + secrets
+                    .list(&kube::api::ListParams::default().labels("meterpark.io/hub=demo"))
+                    .await?
+                    .items
+                    .len();
+            Ok((left == 0 && hubs.get_opt("demo").await?.is_none()).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -172,10 +226,16 @@ async fn bad_input_gets_a_condition_or_is_rejected() -> anyhow::Result<()> {
 }
 
 async fn invalid_spec(api: &Api<DeviceHub>, name: &str) -> anyhow::Result<String> {
-    wait_for(&format!("{name} Ready=False InvalidSpec"), Duration::from_secs(60), || async {
-        let status = hub_status(api, name).await?;
-        Ok(condition(&status, "Ready").filter(|(s, r, _)| s == "False" && r == "InvalidSpec").map(|c| c.2))
-    })
+    wait_for(
+        &format!("{name} Ready=False InvalidSpec"),
+        Duration::from_secs(60),
+        || async {
+            let status = hub_status(api, name).await?;
+            Ok(condition(&status, "Ready")
+                .filter(|(s, r, _)| s == "False" && r == "InvalidSpec")
+                .map(|c| c.2))
+        },
+    )
     .await
 }
 
@@ -189,8 +249,14 @@ async fn bad_input(client: &Client, ns: &str) -> anyhow::Result<()> {
     };
 
     // Malformed image: accepted by the schema, refused by the operator naming the field.
-    hubs.create(&PostParams::default(), &hub("bad-image", json!({"services": [{"name": "device-hub", "image": "Not A Valid::image"}]}))?)
-        .await?;
+    hubs.create(
+        &PostParams::default(),
+        &hub(
+            "bad-image",
+            json!({"services": [{"name": "device-hub", "image": "Not A Valid::image"}]}),
+        )?,
+    )
+    .await?;
     let message = invalid_spec(&hubs, "bad-image").await?;
     assert!(message.contains("spec.services[0].image"), "{message}");
     // Nothing was provisioned for an invalid hub.
@@ -198,9 +264,16 @@ async fn bad_input(client: &Client, ns: &str) -> anyhow::Result<()> {
     assert!(deployments.get_opt("bad-image-device-hub").await?.is_none());
 
     // Duplicate service names: rejected by the schema (list-map keys) or by the operator.
-    let duplicate = hub("dup", json!({"services": [{"name": "bff", "image": "x/y:1"}, {"name": "bff", "image": "x/y:2"}]}))?;
+    let duplicate = hub(
+        "dup",
+        json!({"services": [{"name": "bff", "image": "x/y:1"}, {"name": "bff", "image": "x/y:2"}]}),
+    )?;
     match hubs.create(&PostParams::default(), &duplicate).await {
-        Err(kube::Error::Api(e)) => assert!(e.message.contains("Duplicate") || e.message.contains("duplicate"), "{}", e.message),
+        Err(kube::Error::Api(e)) => assert!(
+            e.message.contains("Duplicate") || e.message.contains("duplicate"),
+            "{}",
+            e.message
+        ),
         Err(e) => return Err(e.into()),
         Ok(_) => {
             let message = invalid_spec(&hubs, "dup").await?;
@@ -209,7 +282,10 @@ async fn bad_input(client: &Client, ns: &str) -> anyhow::Result<()> {
     }
 
     // Negative replicas: the schema's minimum rejects it.
-    let negative = hub("negative", json!({"services": [{"name": "device-hub", "replicas": -1}]}))?;
+    let negative = hub(
+        "negative",
+        json!({"services": [{"name": "device-hub", "replicas": -1}]}),
+    )?;
     match hubs.create(&PostParams::default(), &negative).await {
         Err(kube::Error::Api(e)) => assert!(e.message.contains("replicas"), "{}", e.message),
         other => anyhow::bail!("replicas -1 was accepted: {other:?}"),
@@ -221,21 +297,35 @@ async fn bad_input(client: &Client, ns: &str) -> anyhow::Result<()> {
         "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
         "metadata": {"name": "unknown"}, "spec": {"bogusField": 1}
     });
-    let request = http::Request::post(format!("/apis/meterpark.io/v1alpha1/namespaces/{ns}/devicehubs?fieldValidation=Strict"))
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&unknown)?)?;
+    let request = http::Request::post(format!(
+        "/apis/meterpark.io/v1alpha1/namespaces/{ns}/devicehubs?fieldValidation=Strict"
+    ))
+    .header("content-type", "application/json")
+    .body(serde_json::to_vec(&unknown)?)?;
     if client.request_text(request).await.is_ok() {
         let stored = serde_json::to_value(hubs.get("unknown").await?.spec)?;
-        assert!(stored.get("bogusField").is_none(), "unknown field stored: {stored}");
+        assert!(
+            stored.get("bogusField").is_none(),
+            "unknown field stored: {stored}"
+        );
     }
 
     // A bad certificate setting: CertificatesReady=False with a precise reason; nothing deleted.
-    hubs.create(&PostParams::default(), &hub("short-certs", json!({"certificates": {"duration": "5m"}}))?)
-        .await?;
-    let reason = wait_for("CertificatesReady=False DurationTooShort", Duration::from_secs(60), || async {
-        let status = hub_status(&hubs, "short-certs").await?;
-        Ok(condition(&status, "CertificatesReady").filter(|c| c.0 == "False").map(|c| c.1))
-    })
+    hubs.create(
+        &PostParams::default(),
+        &hub("short-certs", json!({"certificates": {"duration": "5m"}}))?,
+    )
+    .await?;
+    let reason = wait_for(
+        "CertificatesReady=False DurationTooShort",
+        Duration::from_secs(60),
+        || async {
+            let status = hub_status(&hubs, "short-certs").await?;
+            Ok(condition(&status, "CertificatesReady")
+                .filter(|c| c.0 == "False")
+                .map(|c| c.1))
+        },
+    )
     .await?;
     assert_eq!(reason, "DurationTooShort");
     Ok(())

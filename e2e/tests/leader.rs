@@ -25,19 +25,36 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .count();
-    anyhow::ensure!(running >= 2, "the chart runs two operator replicas, found {running}");
-    let holder = |lease: Lease| lease.spec.and_then(|s| Some((s.holder_identity?, s.lease_duration_seconds?)));
-    let (leader, duration) = holder(leases.get("mpm-operator-leader").await?).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    anyhow::ensure!(
+        running >= 2,
+        "the chart runs two operator replicas, found {running}"
+    );
+    let holder = |lease: Lease| {
+        lease
+            .spec
+            .and_then(|s| Some((s.holder_identity?, s.lease_duration_seconds?)))
+    };
+    let (leader, duration) = holder(leases.get("mpm-operator-leader").await?)
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
 
     let killed = Instant::now();
-    pods.delete(&leader, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await?;
+    pods.delete(
+        &leader,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
     let new_leader = wait_for("a new leader", Duration::from_secs(90), || async {
         let lease = leases.get("mpm-operator-leader").await?;
         Ok(holder(lease).map(|h| h.0).filter(|h| h != &leader))
     })
     .await?;
     let takeover = killed.elapsed();
-    println!("leader {leader} killed; {new_leader} took over after {takeover:?} (lease {duration}s)");
+    println!(
+        "leader {leader} killed; {new_leader} took over after {takeover:?} (lease {duration}s)"
+    );
     // The standby retries every lease/3, so it acquires at most lease + lease/3 after the last renewal.
     anyhow::ensure!(
         takeover <= Duration::from_secs(u64::try_from(duration).unwrap_or(15) * 2),
@@ -48,18 +65,26 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     let ns = TestNamespace::create(&client, "mpm-leader").await?;
     let hubs: Api<DeviceHub> = Api::namespaced(client.clone(), &ns.name);
     let result = async {
-        create::<DeviceHub>(&client, &ns.name, json!({
-            "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
-            "metadata": {"name": "after-failover"},
-            "spec": {"services": [{"name": "device-hub", "replicas": 0},
-                                  {"name": "smoc-service", "replicas": 0},
-                                  {"name": "iec61968-connector", "replicas": 0}]}
-        }))
+        create::<DeviceHub>(
+            &client,
+            &ns.name,
+            json!({
+                "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
+                "metadata": {"name": "after-failover"},
+                "spec": {"services": [{"name": "device-hub", "replicas": 0},
+                                      {"name": "smoc-service", "replicas": 0},
+                                      {"name": "iec61968-connector", "replicas": 0}]}
+            }),
+        )
         .await?;
-        wait_for("hub reconciled by the new leader", Duration::from_secs(60), || async {
-            let status = serde_json::to_value(hubs.get("after-failover").await?.status)?;
-            Ok(condition(&status, "Ready").map(|_| ()))
-        })
+        wait_for(
+            "hub reconciled by the new leader",
+            Duration::from_secs(60),
+            || async {
+                let status = serde_json::to_value(hubs.get("after-failover").await?.status)?;
+                Ok(condition(&status, "Ready").map(|_| ()))
+            },
+        )
         .await
     }
     .await;

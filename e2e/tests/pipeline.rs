@@ -33,7 +33,12 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "e2e", "alg": "ES256", "use": "sig",
                                 "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
-    create::<ConfigMap>(client, ns, json!({"metadata": {"name": "jwks"}, "data": {"jwks.json": jwks.to_string()}})).await?;
+    create::<ConfigMap>(
+        client,
+        ns,
+        json!({"metadata": {"name": "jwks"}, "data": {"jwks.json": jwks.to_string()}}),
+    )
+    .await?;
 
     create::<DeviceHub>(client, ns, json!({
         "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub", "metadata": {"name": HUB},
@@ -65,18 +70,34 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     })
     .await?;
     // Pods must have loaded the compiled allowed-peers (the kubelet syncs ConfigMap volumes lazily).
-    let acl_version = |body: &str| serde_json::from_str::<serde_json::Value>(body).ok().map(|v| v["allowedPeersVersion"].clone());
+    let acl_version = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .map(|v| v["allowedPeersVersion"].clone())
+    };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for("every pod loaded its allowed peers", Duration::from_secs(150), || async {
-        let mut all = true;
-        for pod in pods.list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB}"))).await?.items {
-            let name = pod.metadata.name.unwrap_or_default();
-            let path = format!("/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/status");
-            let body = client.request_text(http::Request::get(path).body(Vec::new())?).await.unwrap_or_default();
-            all &= acl_version(&body).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
-        }
-        Ok(all.then_some(()))
-    })
+    wait_for(
+        "every pod loaded its allowed peers",
+        Duration::from_secs(150),
+        || async {
+            let mut all = true;
+            for pod in pods
+                .list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB}")))
+                .await?
+                .items
+            {
+                let name = pod.metadata.name.unwrap_or_default();
+                let path = format!("/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/status");
+                let body = client
+                    .request_text(http::Request::get(path).body(Vec::new())?)
+                    .await
+                    .unwrap_or_default();
+                all &=
+                    acl_version(&body).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+            }
+            Ok(all.then_some(()))
+        },
+    )
     .await?;
 
     // The HES posts an IEC 61968-9 MeterReadings document to the connector's ingest port.
@@ -95,7 +116,9 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
 </m:MeterReadings>"#
     );
     let connector = pods
-        .list(&ListParams::default().labels(&format!("meterpark.io/hub={HUB},meterpark.io/service=iec61968-connector")))
+        .list(&ListParams::default().labels(&format!(
+            "meterpark.io/hub={HUB},meterpark.io/service=iec61968-connector"
+        )))
         .await?
         .items
         .into_iter()
@@ -104,30 +127,74 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no connector pod"))?;
     let ingest = ingest(&pods, &connector, &xml).await?;
     println!("connector answered: {ingest}");
-    assert!(ingest.starts_with("HTTP/1.1 202"), "ingest accepted: {ingest}");
+    assert!(
+        ingest.starts_with("HTTP/1.1 202"),
+        "ingest accepted: {ingest}"
+    );
 
     // The reading becomes visible in smoc-service's query API (JWT with realm role `reader`).
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let claims = json!({"iss": "https://idp.e2e", "aud": "smoc-api", "sub": "e2e", "exp": now + 600, "iat": now,
                         "realm_access": {"roles": ["reader"]}});
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("e2e".into());
-    let token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?)?;
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?,
+    )?;
     let bearer = format!("Bearer {token}");
     let path = format!("/v1/meters/{serial}/readings");
-    let readings = wait_for("reading visible in smoc-service", Duration::from_secs(90), || async {
-        let (status, body) =
-            mtls_call(client, ns, HUB, "api-gateway", "smoc-service", "GET", &path, &[("authorization", &bearer)], b"").await?;
-        Ok((status == 200 && body.contains("42.5")).then_some(body))
-    })
+    let readings = wait_for(
+        "reading visible in smoc-service",
+        Duration::from_secs(90),
+        || async {
+            let (status, body) = mtls_call(
+                client,
+                ns,
+                HUB,
+                "api-gateway",
+                "smoc-service",
+                "GET",
+                &path,
+                &[("authorization", &bearer)],
+                b"",
+            )
+            .await?;
+            Ok((status == 200 && body.contains("42.5")).then_some(body))
+        },
+    )
     .await?;
     println!("smoc-service readings: {readings}");
 
     // Without a token the query API refuses; the connector's identity is refused outright.
-    let (status, _) = mtls_call(client, ns, HUB, "api-gateway", "smoc-service", "GET", &path, &[], b"").await?;
+    let (status, _) = mtls_call(
+        client,
+        ns,
+        HUB,
+        "api-gateway",
+        "smoc-service",
+        "GET",
+        &path,
+        &[],
+        b"",
+    )
+    .await?;
     assert_eq!(status, 401);
-    let (status, _) =
-        mtls_call(client, ns, HUB, "iec61968-connector", "smoc-service", "GET", &path, &[("authorization", &bearer)], b"").await?;
+    let (status, _) = mtls_call(
+        client,
+        ns,
+        HUB,
+        "iec61968-connector",
+        "smoc-service",
+        "GET",
+        &path,
+        &[("authorization", &bearer)],
+        b"",
+    )
+    .await?;
     assert_eq!(status, 403);
     Ok(())
 }
@@ -136,7 +203,9 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
 async fn ingest(pods: &Api<Pod>, pod: &str, xml: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut forwarder = pods.portforward(pod, &[8090]).await?;
-    let mut stream = forwarder.take_stream(8090).ok_or_else(|| anyhow::anyhow!("no port-forward stream"))?;
+    let mut stream = forwarder
+        .take_stream(8090)
+        .ok_or_else(|| anyhow::anyhow!("no port-forward stream"))?;
     let request = format!(
         "POST /ingest HTTP/1.1\r\nhost: connector\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
         xml.len()

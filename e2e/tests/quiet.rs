@@ -16,10 +16,14 @@ async fn no_writes_when_nothing_changes() -> anyhow::Result<()> {
     let ns = TestNamespace::create(&client, "mpm-quiet").await?;
     let hubs: kube::Api<DeviceHub> = kube::Api::namespaced(client.clone(), &ns.name);
     let result = async {
-        create::<DeviceHub>(&client, &ns.name, json!({
-            "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
-            "metadata": {"name": "quiet"}, "spec": {}
-        }))
+        create::<DeviceHub>(
+            &client,
+            &ns.name,
+            json!({
+                "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
+                "metadata": {"name": "quiet"}, "spec": {}
+            }),
+        )
         .await?;
         wait_for("hub Ready", Duration::from_secs(240), || async {
             let status = serde_json::to_value(hubs.get("quiet").await?.status)?;
@@ -31,8 +35,15 @@ async fn no_writes_when_nothing_changes() -> anyhow::Result<()> {
         let before = operator_writes(&client).await?;
         tokio::time::sleep(Duration::from_secs(60)).await;
         let after = operator_writes(&client).await?;
-        println!("operator API writes over 60 s with nothing changing: {}", after - before);
-        anyhow::ensure!(after == before, "the operator wrote {} times in 60 s with nothing changing", after - before);
+        println!(
+            "operator API writes over 60 s with nothing changing: {}",
+            after - before
+        );
+        anyhow::ensure!(
+            after == before,
+            "the operator wrote {} times in 60 s with nothing changing",
+            after - before
+        );
         Ok(())
     }
     .await;

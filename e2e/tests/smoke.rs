@@ -60,7 +60,10 @@ async fn run(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
         Ok(log.contains("\"check\":\"done\"").then_some(log))
     })
     .await?;
-    let checks: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let checks: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     for name in [
         "api-via-service-ip".to_string(),
         "api-via-service-dns".to_string(),
@@ -71,12 +74,34 @@ async fn run(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
             .iter()
             .find(|c| c["check"] == name.as_str())
             .ok_or_else(|| anyhow::anyhow!("check {name} missing from the probe's log:\n{log}"))?;
-        anyhow::ensure!(check["ok"] == true, "check {name} failed: {}", check["detail"]);
+        anyhow::ensure!(
+            check["ok"] == true,
+            "check {name} failed: {}",
+            check["detail"]
+        );
     }
-    let version = &checks.iter().find(|c| c["check"] == "api-via-service-ip").unwrap()["detail"];
-    assert!(version.as_str().unwrap_or_default().starts_with('v'), "API server version {version}");
-    let echo_ip = services.get("echo").await?.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
-    let resolved = &checks.iter().find(|c| c["check"] == format!("dns:{echo_name}")).unwrap()["detail"];
-    assert_eq!(resolved.as_str(), Some(echo_ip.as_str()), "{echo_name} resolves to its ClusterIP");
+    let version = &checks
+        .iter()
+        .find(|c| c["check"] == "api-via-service-ip")
+        .unwrap()["detail"];
+    assert!(
+        version.as_str().unwrap_or_default().starts_with('v'),
+        "API server version {version}"
+    );
+    let echo_ip = services
+        .get("echo")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap_or_default();
+    let resolved = &checks
+        .iter()
+        .find(|c| c["check"] == format!("dns:{echo_name}"))
+        .unwrap()["detail"];
+    assert_eq!(
+        resolved.as_str(),
+        Some(echo_ip.as_str()),
+        "{echo_name} resolves to its ClusterIP"
+    );
     Ok(())
 }

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::controller::{self, device_hub, network, Context, Error, Settings};
 use crate::crd::{DeviceHub, ServiceACL};
-use crate::resources::names::{LABEL_MANAGED_BY, FIELD_MANAGER};
+use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
 use crate::runtime::http::{self, Health};
 use crate::runtime::leader::LeaderElector;
 use crate::runtime::metrics::{ErrorLabels, Metrics};
@@ -52,7 +52,11 @@ pub struct RunArgs {
     #[arg(long, env = "MPM_WRITE_BURST", default_value_t = 100)]
     pub write_burst: u32,
     /// Labels of the operator's pods (`k=v,k=v`), allowed by hub NetworkPolicies to reach device-hub.
-    #[arg(long, env = "MPM_POD_LABELS", default_value = "app.kubernetes.io/name=mpm-operator")]
+    #[arg(
+        long,
+        env = "MPM_POD_LABELS",
+        default_value = "app.kubernetes.io/name=mpm-operator"
+    )]
     pub pod_labels: String,
     /// Periodic reconcile of every object even without changes, in seconds.
     #[arg(long, default_value_t = 600)]
@@ -78,7 +82,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         info!("shutdown signal received");
         let _ = shutdown_tx.send(true);
     });
-    let server = tokio::spawn(http::serve(args.metrics_addr, metrics.clone(), health.clone(), shutdown()));
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown(),
+    ));
 
     let identity = args
         .identity
@@ -157,45 +166,67 @@ async fn run_controllers<F>(
             owned.clone(),
         )
         // Any NetworkPolicy in a namespace (ours or hand-written) re-verifies the hubs there.
-        .watches(Api::<NetworkPolicy>::all(client.clone()), watcher::Config::default(), move |np: NetworkPolicy| {
-            let ns = np.namespace();
-            hub_store
-                .state()
-                .iter()
-                .filter(|h| h.namespace() == ns)
-                .map(|h| ObjectRef::from_obj(h.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches(Api::<ServiceACL>::all(client.clone()), watcher::Config::default(), |acl: ServiceACL| {
-            acl.namespace()
-                .map(|ns| ObjectRef::<DeviceHub>::new(&acl.spec.hub_ref.name).within(&ns))
-        })
+        .watches(
+            Api::<NetworkPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |np: NetworkPolicy| {
+                let ns = np.namespace();
+                hub_store
+                    .state()
+                    .iter()
+                    .filter(|h| h.namespace() == ns)
+                    .map(|h| ObjectRef::from_obj(h.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<ServiceACL>::all(client.clone()),
+            watcher::Config::default(),
+            |acl: ServiceACL| {
+                acl.namespace()
+                    .map(|ns| ObjectRef::<DeviceHub>::new(&acl.spec.hub_ref.name).within(&ns))
+            },
+        )
         .graceful_shutdown_on(shutdown())
-        .run(device_hub::reconcile, error_policy::<DeviceHub>, ctx.clone())
+        .run(
+            device_hub::reconcile,
+            error_policy::<DeviceHub>,
+            ctx.clone(),
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "DeviceHub controller");
             }
         });
 
-    let acl_controller = Controller::new(Api::<ServiceACL>::all(client.clone()), watcher::Config::default())
-        .with_config(config.clone())
-        .graceful_shutdown_on(shutdown())
-        .run(reconcile_acl, error_policy::<ServiceACL>, ctx.clone())
-        .for_each(|_| async {});
+    let acl_controller = Controller::new(
+        Api::<ServiceACL>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .graceful_shutdown_on(shutdown())
+    .run(reconcile_acl, error_policy::<ServiceACL>, ctx.clone())
+    .for_each(|_| async {});
 
-    futures::join!(hub_controller, acl_controller, crate::meter::controller::run(client.clone(), ctx.clone(), concurrency, shutdown));
+    futures::join!(
+        hub_controller,
+        acl_controller,
+        crate::meter::controller::run(client.clone(), ctx.clone(), concurrency, shutdown)
+    );
 }
 
 /// ServiceACLs whose hub exists are handled by the hub's reconcile; this reports missing hubs.
 async fn reconcile_acl(acl: Arc<ServiceACL>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = acl.namespace().ok_or(Error::MissingMetadata)?;
     let hubs: Api<DeviceHub> = Api::namespaced(ctx.client.clone(), &ns);
-    let hub = hubs.get_opt(&acl.spec.hub_ref.name).await.map_err(|source| Error::Get {
-        kind: "DeviceHub".into(),
-        name: acl.spec.hub_ref.name.clone(),
-        source,
-    })?;
+    let hub = hubs
+        .get_opt(&acl.spec.hub_ref.name)
+        .await
+        .map_err(|source| Error::Get {
+            kind: "DeviceHub".into(),
+            name: acl.spec.hub_ref.name.clone(),
+            source,
+        })?;
     if hub.is_none() {
         network::report_missing_hub(&ctx, &acl).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
@@ -203,7 +234,11 @@ async fn reconcile_acl(acl: Arc<ServiceACL>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::await_change())
 }
 
-fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let kind = K::kind(&()).to_string();
     warn!(kind = %kind, name = %obj.meta().name.clone().unwrap_or_default(), error = %err, "reconcile failed");
     ctx.metrics
@@ -217,7 +252,8 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Ar
     let message = err.to_string();
     let reason = err.reason();
     tokio::spawn(async move {
-        ctx.publish(&regarding, EventType::Warning, reason, "Reconcile", message).await;
+        ctx.publish(&regarding, EventType::Warning, reason, "Reconcile", message)
+            .await;
     });
     Action::requeue(Duration::from_secs(10))
 }

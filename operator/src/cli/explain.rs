@@ -25,10 +25,7 @@ use serde_json::Value;
 use crate::acl::{self, AclError, HubTopology, OperatorAccess};
 use crate::crd::device_hub::DeviceHub;
 use crate::crd::service_acl::{ServiceACL, ServiceAclSpec};
-use crate::netpol::{
-    Decision, DirectionDecision, Endpoint, Evaluator, NamespaceInfo,
-    Protocol,
-};
+use crate::netpol::{Decision, DirectionDecision, Endpoint, Evaluator, NamespaceInfo, Protocol};
 use crate::resources::hub::resolve_services;
 use crate::resources::names;
 

@@ -31,7 +31,13 @@ pub enum Change {
 /// taken over by another manager (for example `kubectl edit` or `kubectl scale`).
 pub fn needs_apply(live: Option<&ObjectMeta>, hash: &str) -> bool {
     let Some(meta) = live else { return true };
-    if meta.annotations.as_ref().and_then(|a| a.get(DESIRED_HASH)).map(String::as_str) != Some(hash) {
+    if meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DESIRED_HASH))
+        .map(String::as_str)
+        != Some(hash)
+    {
         return true;
     }
     meta.managed_fields.iter().flatten().any(|entry| {
@@ -75,14 +81,22 @@ where
         .insert(DESIRED_HASH.to_string(), hash);
     ctx.limiter.acquire().await;
     ctx.metrics.write(kind, "apply");
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: kind.to_string(),
-            name: name.clone(),
-            source,
-        })?;
-    let change = if live.is_some() { Change::Updated } else { Change::Created };
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: kind.to_string(),
+        name: name.clone(),
+        source,
+    })?;
+    let change = if live.is_some() {
+        Change::Updated
+    } else {
+        Change::Created
+    };
     let (reason, verb) = match change {
         Change::Created => ("Created", "created"),
         _ => ("Updated", "updated"),
@@ -99,7 +113,11 @@ where
 }
 
 /// Lists the objects of one kind carrying `selector`, by name.
-pub async fn list_by_name<K>(api: &Api<K>, kind: &str, selector: &str) -> Result<BTreeMap<String, K>, Error>
+pub async fn list_by_name<K>(
+    api: &Api<K>,
+    kind: &str,
+    selector: &str,
+) -> Result<BTreeMap<String, K>, Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
 {
@@ -200,7 +218,10 @@ mod tests {
 
     fn meta(hash: &str, managers: Vec<(&str, serde_json::Value)>) -> ObjectMeta {
         ObjectMeta {
-            annotations: Some(BTreeMap::from([(DESIRED_HASH.to_string(), hash.to_string())])),
+            annotations: Some(BTreeMap::from([(
+                DESIRED_HASH.to_string(),
+                hash.to_string(),
+            )])),
             managed_fields: Some(
                 managers
                     .into_iter()
@@ -225,7 +246,10 @@ mod tests {
             "h",
             vec![
                 (FIELD_MANAGER, json!({"f:spec": {}})),
-                ("kube-controller-manager", json!({"f:status": {}, "f:metadata": {}})),
+                (
+                    "kube-controller-manager",
+                    json!({"f:status": {}, "f:metadata": {}}),
+                ),
             ],
         );
         assert!(!needs_apply(Some(&status_only), "h"));

@@ -53,21 +53,48 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
         Ok(s) => s,
         Err(errors) => {
             let message = describe(&errors);
-            let already = find(&old_status.conditions, "Ready")
-                .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message && c.observed_generation == generation);
+            let already = find(&old_status.conditions, "Ready").is_some_and(|c| {
+                c.reason == "InvalidSpec"
+                    && c.message == message
+                    && c.observed_generation == generation
+            });
             if !already {
                 warn!(hub = %name, namespace = %ns, %message, "invalid DeviceHub spec");
-                ctx.publish(&regarding, EventType::Warning, "InvalidSpec", "Validate", message.clone())
-                    .await;
+                ctx.publish(
+                    &regarding,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    "Validate",
+                    message.clone(),
+                )
+                .await;
             }
             let mut status = old_status.clone();
             status.observed_generation = generation;
             status.conditions = merge_conditions(
                 &old_status.conditions,
                 vec![
-                    Condition::new("Ready", ConditionStatus::False, "InvalidSpec", message.clone(), generation),
-                    Condition::new("Progressing", ConditionStatus::False, "InvalidSpec", "fix the spec to continue", generation),
-                    Condition::new("Degraded", ConditionStatus::True, "InvalidSpec", message, generation),
+                    Condition::new(
+                        "Ready",
+                        ConditionStatus::False,
+                        "InvalidSpec",
+                        message.clone(),
+                        generation,
+                    ),
+                    Condition::new(
+                        "Progressing",
+                        ConditionStatus::False,
+                        "InvalidSpec",
+                        "fix the spec to continue",
+                        generation,
+                    ),
+                    Condition::new(
+                        "Degraded",
+                        ConditionStatus::True,
+                        "InvalidSpec",
+                        message,
+                        generation,
+                    ),
                 ],
             );
             write_status(ctx, &ns, &name, &old_status, status).await?;
@@ -75,7 +102,9 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
             return Ok(Action::await_change());
         }
     };
-    let owner = hub.controller_owner_ref(&()).ok_or(Error::MissingMetadata)?;
+    let owner = hub
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata)?;
     let hub_ctx = HubContext {
         name: &name,
         namespace: &ns,
@@ -97,7 +126,10 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
             .and_then(|d| d.status.as_ref())
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0);
-        let updated = live.and_then(|d| d.status.as_ref()).and_then(|s| s.updated_replicas).unwrap_or(0);
+        let updated = live
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.updated_replicas)
+            .unwrap_or(0);
         let generation_seen = live.is_some_and(|d| {
             d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation
         });
@@ -115,17 +147,30 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
     let stuck: Vec<String> = deployments
         .values()
         .filter(|d| {
-            d.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| {
-                c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            })
+            d.status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| {
+                    c.type_ == "Progressing"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                })
         })
         .filter_map(|d| d.metadata.name.clone())
         .collect();
     let mut conditions = vec![];
     let (ready_status, ready_reason, ready_message) = if !certificates.ready.0 {
-        (ConditionStatus::False, "CertificatesNotReady", certificates.ready.2.clone())
+        (
+            ConditionStatus::False,
+            "CertificatesNotReady",
+            certificates.ready.2.clone(),
+        )
     } else if all_ready {
-        (ConditionStatus::True, "AllServicesReady", format!("{ready}/{} services ready", services.len()))
+        (
+            ConditionStatus::True,
+            "AllServicesReady",
+            format!("{ready}/{} services ready", services.len()),
+        )
     } else {
         (
             ConditionStatus::False,
@@ -133,11 +178,29 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
             format!("{ready}/{} services ready", services.len()),
         )
     };
-    conditions.push(Condition::new("Ready", ready_status, ready_reason, ready_message, generation));
+    conditions.push(Condition::new(
+        "Ready",
+        ready_status,
+        ready_reason,
+        ready_message,
+        generation,
+    ));
     conditions.push(if all_ready {
-        Condition::new("Progressing", ConditionStatus::False, "Stable", "every service runs its declared replicas", generation)
+        Condition::new(
+            "Progressing",
+            ConditionStatus::False,
+            "Stable",
+            "every service runs its declared replicas",
+            generation,
+        )
     } else {
-        Condition::new("Progressing", ConditionStatus::True, "RollingOut", "waiting for services to become ready", generation)
+        Condition::new(
+            "Progressing",
+            ConditionStatus::True,
+            "RollingOut",
+            "waiting for services to become ready",
+            generation,
+        )
     });
     conditions.push(if !stuck.is_empty() {
         Condition::new(
@@ -148,20 +211,40 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
             generation,
         )
     } else if !certificates.ready.0 {
-        Condition::new("Degraded", ConditionStatus::True, certificates.ready.1, certificates.ready.2.clone(), generation)
+        Condition::new(
+            "Degraded",
+            ConditionStatus::True,
+            certificates.ready.1,
+            certificates.ready.2.clone(),
+            generation,
+        )
     } else {
-        Condition::new("Degraded", ConditionStatus::False, "AsExpected", "", generation)
+        Condition::new(
+            "Degraded",
+            ConditionStatus::False,
+            "AsExpected",
+            "",
+            generation,
+        )
     });
     conditions.push(Condition::new(
         "CertificatesReady",
-        if certificates.ready.0 { ConditionStatus::True } else { ConditionStatus::False },
+        if certificates.ready.0 {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        },
         certificates.ready.1,
         certificates.ready.2.clone(),
         generation,
     ));
     conditions.push(Condition::new(
         "CARotationInProgress",
-        if certificates.rotation.0 { ConditionStatus::True } else { ConditionStatus::False },
+        if certificates.rotation.0 {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        },
         certificates.rotation.1,
         certificates.rotation.2.clone(),
         generation,
@@ -178,7 +261,9 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
 
     let mut requeue = ctx.settings.resync;
     if let Some(at) = certificates.next_check {
-        let until = (at - chrono::Utc::now()).to_std().unwrap_or(Duration::from_secs(1));
+        let until = (at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::from_secs(1));
         requeue = requeue.min(until.max(Duration::from_secs(1)));
     }
     if !all_ready {
@@ -197,7 +282,12 @@ async fn apply_workloads(
     regarding: &k8s_openapi::api::core::v1::ObjectReference,
 ) -> Result<BTreeMap<String, Deployment>, Error> {
     let ns = hub_ctx.namespace;
-    let selector = format!("{},{}={}", hub_selector(hub_ctx.name), CONTROLLER_LABEL, "devicehub");
+    let selector = format!(
+        "{},{}={}",
+        hub_selector(hub_ctx.name),
+        CONTROLLER_LABEL,
+        "devicehub"
+    );
     let client = ctx.client.clone();
     let sa_api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -219,31 +309,111 @@ async fn apply_workloads(
         let name = names::object_name(hub_ctx.name, &svc.name);
         keep.push(name.clone());
         keep.push(names::config_map(hub_ctx.name, &svc.name));
-        apply(ctx, &sa_api, "ServiceAccount", mark(workload::service_account(hub_ctx, svc)), live_sa.get(&name), regarding).await?;
+        apply(
+            ctx,
+            &sa_api,
+            "ServiceAccount",
+            mark(workload::service_account(hub_ctx, svc)),
+            live_sa.get(&name),
+            regarding,
+        )
+        .await?;
         let cm = mark(workload::config_map_for(hub_ctx, svc));
-        apply(ctx, &cm_api, "ConfigMap", cm, live_cm.get(&names::config_map(hub_ctx.name, &svc.name)), regarding).await?;
+        apply(
+            ctx,
+            &cm_api,
+            "ConfigMap",
+            cm,
+            live_cm.get(&names::config_map(hub_ctx.name, &svc.name)),
+            regarding,
+        )
+        .await?;
         if let Some(pvc) = workload::data_claim_for(hub_ctx, svc) {
             let pvc_name = names::data_claim(hub_ctx.name, &svc.name);
             // A claim's spec is immutable once bound: create it, never rewrite it.
             if !live_pvc.contains_key(&pvc_name) {
-                apply(ctx, &pvc_api, "PersistentVolumeClaim", mark(pvc), None, regarding).await?;
+                apply(
+                    ctx,
+                    &pvc_api,
+                    "PersistentVolumeClaim",
+                    mark(pvc),
+                    None,
+                    regarding,
+                )
+                .await?;
             }
         }
-        apply(ctx, &dep_api, "Deployment", mark(workload::deployment(hub_ctx, svc)), live_dep.get(&name), regarding).await?;
-        apply(ctx, &svc_api, "Service", mark(workload::service(hub_ctx, svc)), live_svc.get(&name), regarding).await?;
+        apply(
+            ctx,
+            &dep_api,
+            "Deployment",
+            mark(workload::deployment(hub_ctx, svc)),
+            live_dep.get(&name),
+            regarding,
+        )
+        .await?;
+        apply(
+            ctx,
+            &svc_api,
+            "Service",
+            mark(workload::service(hub_ctx, svc)),
+            live_svc.get(&name),
+            regarding,
+        )
+        .await?;
         if let Some(pdb) = workload::pod_disruption_budget(hub_ctx, svc, &ctx.pdb_api.api_version) {
             keep_pdb.push(name.clone());
-            apply(ctx, &pdb_api, "PodDisruptionBudget", mark(pdb), live_pdb.get(&name), regarding).await?;
+            apply(
+                ctx,
+                &pdb_api,
+                "PodDisruptionBudget",
+                mark(pdb),
+                live_pdb.get(&name),
+                regarding,
+            )
+            .await?;
         }
     }
     let uid = hub.meta().uid.clone().unwrap_or_default();
-    prune(ctx, &dep_api, "Deployment", &live_dep, &keep, &uid, regarding).await?;
+    prune(
+        ctx,
+        &dep_api,
+        "Deployment",
+        &live_dep,
+        &keep,
+        &uid,
+        regarding,
+    )
+    .await?;
     prune(ctx, &svc_api, "Service", &live_svc, &keep, &uid, regarding).await?;
-    prune(ctx, &sa_api, "ServiceAccount", &live_sa, &keep, &uid, regarding).await?;
+    prune(
+        ctx,
+        &sa_api,
+        "ServiceAccount",
+        &live_sa,
+        &keep,
+        &uid,
+        regarding,
+    )
+    .await?;
     prune(ctx, &cm_api, "ConfigMap", &live_cm, &keep, &uid, regarding).await?;
-    prune(ctx, &pdb_api, "PodDisruptionBudget", &live_pdb, &keep_pdb, &uid, regarding).await?;
+    prune(
+        ctx,
+        &pdb_api,
+        "PodDisruptionBudget",
+        &live_pdb,
+        &keep_pdb,
+        &uid,
+        regarding,
+    )
+    .await?;
     // Data claims of removed services are kept (data is never deleted implicitly); they go with the hub.
-    if live_pvc.keys().any(|n| !hub_ctx.services.iter().any(|s| &names::data_claim(hub_ctx.name, &s.name) == n)) {
+    if live_pvc.keys().any(|n| {
+        !hub_ctx
+            .services
+            .iter()
+            .any(|s| &names::data_claim(hub_ctx.name, &s.name) == n)
+    }) {
         info!(hub = %hub_ctx.name, "keeping data claims of removed services");
     }
     Ok(live_dep)
@@ -275,13 +445,16 @@ async fn write_status(
     let api: Api<DeviceHub> = Api::namespaced(ctx.client.clone(), ns);
     ctx.limiter.acquire().await;
     ctx.metrics.write("DeviceHub/status", "patch");
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": new })))
-        .await
-        .map_err(|source| Error::Status {
-            kind: KIND.into(),
-            name: name.to_string(),
-            source,
-        })?;
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        kind: KIND.into(),
+        name: name.to_string(),
+        source,
+    })?;
     Ok(())
 }
-

@@ -120,9 +120,14 @@ impl Context {
 
 /// Finds the PodDisruptionBudget API the cluster serves: `policy/v1` (Kubernetes >= 1.21) or
 /// `policy/v1beta1` (1.20).
-pub async fn discover_pdb_api(client: &Client) -> Result<kube::discovery::ApiResource, kube::Error> {
+pub async fn discover_pdb_api(
+    client: &Client,
+) -> Result<kube::discovery::ApiResource, kube::Error> {
     use kube::discovery::{ApiGroup, Discovery};
-    let discovery = Discovery::new(client.clone()).filter(&["policy"]).run().await?;
+    let discovery = Discovery::new(client.clone())
+        .filter(&["policy"])
+        .run()
+        .await?;
     for group in discovery.groups() {
         if group.name() != "policy" {
             continue;

@@ -77,7 +77,11 @@ pub async fn reconcile(
 
     let np_api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
     let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("{},{}=network", hub_selector(hub_ctx.name), CONTROLLER_LABEL);
+    let selector = format!(
+        "{},{}=network",
+        hub_selector(hub_ctx.name),
+        CONTROLLER_LABEL
+    );
     let compile_error = match crate::acl::compile(&topo, &specs) {
         Ok(compiled) => {
             let live_np = list_by_name(&np_api, "NetworkPolicy", &selector).await?;
@@ -87,7 +91,15 @@ pub async fn reconcile(
                 let name = policy.name_any();
                 policy.metadata.owner_references = Some(vec![hub_ctx.owner.clone()]);
                 keep.push(name.clone());
-                apply(ctx, &np_api, "NetworkPolicy", mark(policy), live_np.get(&name), regarding).await?;
+                apply(
+                    ctx,
+                    &np_api,
+                    "NetworkPolicy",
+                    mark(policy),
+                    live_np.get(&name),
+                    regarding,
+                )
+                .await?;
             }
             for (service, compiled_service) in &compiled.services {
                 let name = names::acl_config_map(hub_ctx.name, service);
@@ -104,10 +116,27 @@ pub async fn reconcile(
                     ..ConfigMap::default()
                 };
                 keep.push(name.clone());
-                apply(ctx, &cm_api, "ConfigMap", mark(cm), live_cm.get(&name), regarding).await?;
+                apply(
+                    ctx,
+                    &cm_api,
+                    "ConfigMap",
+                    mark(cm),
+                    live_cm.get(&name),
+                    regarding,
+                )
+                .await?;
             }
             let uid = hub.meta().uid.clone().unwrap_or_default();
-            prune(ctx, &np_api, "NetworkPolicy", &live_np, &keep, &uid, regarding).await?;
+            prune(
+                ctx,
+                &np_api,
+                "NetworkPolicy",
+                &live_np,
+                &keep,
+                &uid,
+                regarding,
+            )
+            .await?;
             prune(ctx, &cm_api, "ConfigMap", &live_cm, &keep, &uid, regarding).await?;
             None
         }
@@ -136,16 +165,46 @@ pub async fn reconcile(
         match (&compile_error, &verification) {
             (Some(message), _) => {
                 conditions.push(cond("Ready", false, "InvalidRule", message, generation));
-                conditions.push(cond("Verified", false, "InvalidRule", "the ACL does not compile; previous policies stay in force", generation));
+                conditions.push(cond(
+                    "Verified",
+                    false,
+                    "InvalidRule",
+                    "the ACL does not compile; previous policies stay in force",
+                    generation,
+                ));
             }
             (None, Err(e)) => {
-                conditions.push(cond("Ready", true, "Compiled", "NetworkPolicies and allowed peers applied", generation));
-                conditions.push(cond("Verified", false, "VerificationFailed", &e.to_string(), generation));
+                conditions.push(cond(
+                    "Ready",
+                    true,
+                    "Compiled",
+                    "NetworkPolicies and allowed peers applied",
+                    generation,
+                ));
+                conditions.push(cond(
+                    "Verified",
+                    false,
+                    "VerificationFailed",
+                    &e.to_string(),
+                    generation,
+                ));
             }
             (None, Ok(v)) => {
-                conditions.push(cond("Ready", true, "Compiled", "NetworkPolicies and allowed peers applied", generation));
+                conditions.push(cond(
+                    "Ready",
+                    true,
+                    "Compiled",
+                    "NetworkPolicies and allowed peers applied",
+                    generation,
+                ));
                 if v.verified() {
-                    conditions.push(cond("Verified", true, "MatrixMatchesACL", "effective reachability equals the ACL", generation));
+                    conditions.push(cond(
+                        "Verified",
+                        true,
+                        "MatrixMatchesACL",
+                        "effective reachability equals the ACL",
+                        generation,
+                    ));
                 } else {
                     let message = v
                         .violations
@@ -153,7 +212,13 @@ pub async fn reconcile(
                         .map(|x| format!("rule {}: {}", x.rule, x.message))
                         .collect::<Vec<_>>()
                         .join("; ");
-                    conditions.push(cond("Verified", false, "PolicyViolation", &message, generation));
+                    conditions.push(cond(
+                        "Verified",
+                        false,
+                        "PolicyViolation",
+                        &message,
+                        generation,
+                    ));
                 }
                 status.matrix = v.matrix.clone();
                 status.violations = v.violations.clone();
@@ -162,18 +227,36 @@ pub async fn reconcile(
         }
         status.conditions = merge_conditions(&old.conditions, conditions);
         if status != old {
-            if let Some(c) = status.conditions.iter().find(|c| c.status == ConditionStatus::False) {
-                let changed = old.conditions.iter().find(|o| o.type_ == c.type_).map(|o| (&o.reason, &o.message))
+            if let Some(c) = status
+                .conditions
+                .iter()
+                .find(|c| c.status == ConditionStatus::False)
+            {
+                let changed = old
+                    .conditions
+                    .iter()
+                    .find(|o| o.type_ == c.type_)
+                    .map(|o| (&o.reason, &o.message))
                     != Some((&c.reason, &c.message));
                 if changed {
-                    ctx.publish(&acl.object_ref(&()), EventType::Warning, &c.reason, "Verify", c.message.clone())
-                        .await;
+                    ctx.publish(
+                        &acl.object_ref(&()),
+                        EventType::Warning,
+                        &c.reason,
+                        "Verify",
+                        c.message.clone(),
+                    )
+                    .await;
                 }
             }
             ctx.limiter.acquire().await;
             ctx.metrics.write("ServiceACL/status", "patch");
             acl_api
-                .patch_status(&acl.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+                .patch_status(
+                    &acl.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": status })),
+                )
                 .await
                 .map_err(|source| Error::Status {
                     kind: "ServiceACL".into(),
@@ -186,8 +269,18 @@ pub async fn reconcile(
 }
 
 fn cond(type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
-    let status = if ok { ConditionStatus::True } else { ConditionStatus::False };
-    Condition::new(type_, status, reason, message.chars().take(30_000).collect::<String>(), generation)
+    let status = if ok {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
+    Condition::new(
+        type_,
+        status,
+        reason,
+        message.chars().take(30_000).collect::<String>(),
+        generation,
+    )
 }
 
 /// Status of a ServiceACL whose hub does not exist.
@@ -195,7 +288,10 @@ pub async fn report_missing_hub(ctx: &Context, acl: &ServiceACL) -> Result<(), E
     let ns = acl.namespace().ok_or(Error::MissingMetadata)?;
     let generation = acl.meta().generation;
     let old = acl.status.clone().unwrap_or_default();
-    let message = format!("spec.hubRef: DeviceHub {:?} not found in namespace {ns}", acl.spec.hub_ref.name);
+    let message = format!(
+        "spec.hubRef: DeviceHub {:?} not found in namespace {ns}",
+        acl.spec.hub_ref.name
+    );
     let status = ServiceAclStatus {
         observed_generation: generation,
         conditions: merge_conditions(
@@ -210,16 +306,27 @@ pub async fn report_missing_hub(ctx: &Context, acl: &ServiceACL) -> Result<(), E
     if status == old {
         return Ok(());
     }
-    ctx.publish(&acl.object_ref(&()), EventType::Warning, "HubNotFound", "Resolve", message).await;
+    ctx.publish(
+        &acl.object_ref(&()),
+        EventType::Warning,
+        "HubNotFound",
+        "Resolve",
+        message,
+    )
+    .await;
     let api: Api<ServiceACL> = Api::namespaced(ctx.client.clone(), &ns);
     ctx.limiter.acquire().await;
     ctx.metrics.write("ServiceACL/status", "patch");
-    api.patch_status(&acl.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-        .await
-        .map_err(|source| Error::Status {
-            kind: "ServiceACL".into(),
-            name: acl.name_any(),
-            source,
-        })?;
+    api.patch_status(
+        &acl.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        kind: "ServiceACL".into(),
+        name: acl.name_any(),
+        source,
+    })?;
     Ok(())
 }

@@ -29,7 +29,10 @@ pub struct MeterSpec {
     /// The DeviceHub (same namespace) that provisions this meter.
     pub hub_ref: HubRef,
     /// The meter's serial number, unique within its hub. Immutable once set.
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
     pub serial_number: String,
     /// Manufacturer, for example `Landis+Gyr`.
     pub manufacturer: String,

@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use regex::Regex;
 
-use crate::crd::device_hub::{DeviceHubSpec, ServiceSpec, StorageSpec, DEFAULT_IMAGE, DEFAULT_SERVICES};
+use crate::crd::device_hub::{
+    DeviceHubSpec, ServiceSpec, StorageSpec, DEFAULT_IMAGE, DEFAULT_SERVICES,
+};
 
 /// One problem in a spec, naming the field (`spec.services[1].image`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +75,10 @@ pub struct ResolvedService {
 }
 
 /// Every service the hub runs, in a stable order (built-ins first, then the user's in spec order).
-pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<ResolvedService>, Vec<SpecError>> {
+pub fn resolve_services(
+    hub_name: &str,
+    spec: &DeviceHubSpec,
+) -> Result<Vec<ResolvedService>, Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, svc) in spec.services.iter().enumerate() {
@@ -86,7 +91,10 @@ pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<Reso
     }
     if let Some(image) = &spec.image {
         if !valid_image(image) {
-            errors.push(SpecError::new("spec.image", format!("malformed image reference {image:?}")));
+            errors.push(SpecError::new(
+                "spec.image",
+                format!("malformed image reference {image:?}"),
+            ));
         }
     }
     if !valid_trust_domain(&spec.trust_domain) {
@@ -96,7 +104,10 @@ pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<Reso
         ));
     }
 
-    let default_image = spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+    let default_image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
     let mut names: Vec<&str> = Vec::new();
     if spec.include_default_services {
         names.extend(DEFAULT_SERVICES);
@@ -120,7 +131,12 @@ pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<Reso
         };
         let kind = ServiceKind::of(name);
         if !valid_dns_label(name) {
-            errors.push(SpecError::new(field("name"), format!("{name:?} is not a DNS label (lowercase alphanumerics and '-', at most 63)")));
+            errors.push(SpecError::new(
+                field("name"),
+                format!(
+                    "{name:?} is not a DNS label (lowercase alphanumerics and '-', at most 63)"
+                ),
+            ));
             continue;
         }
         // contract: Names. `<hub>-<svc>-config` is the longest per-service name that must be a DNS label
@@ -142,20 +158,32 @@ pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<Reso
         let image = match (&svc.image, kind) {
             (Some(image), _) => {
                 if !valid_image(image) {
-                    errors.push(SpecError::new(field("image"), format!("malformed image reference {image:?}")));
+                    errors.push(SpecError::new(
+                        field("image"),
+                        format!("malformed image reference {image:?}"),
+                    ));
                 }
                 image.clone()
             }
             (None, ServiceKind::Custom) => {
-                errors.push(SpecError::new(field("image"), format!("service {name:?} is not built in, so it needs an image")));
+                errors.push(SpecError::new(
+                    field("image"),
+                    format!("service {name:?} is not built in, so it needs an image"),
+                ));
                 String::new()
             }
             (None, _) => default_image.clone(),
         };
         if svc.replicas < 0 {
-            errors.push(SpecError::new(field("replicas"), format!("must be >= 0, got {}", svc.replicas)));
+            errors.push(SpecError::new(
+                field("replicas"),
+                format!("must be >= 0, got {}", svc.replicas),
+            ));
         }
-        if svc.port < 1024 || svc.port == crate::resources::names::HEALTH_PORT || svc.port == crate::resources::names::INGEST_PORT {
+        if svc.port < 1024
+            || svc.port == crate::resources::names::HEALTH_PORT
+            || svc.port == crate::resources::names::INGEST_PORT
+        {
             errors.push(SpecError::new(
                 field("port"),
                 format!("{} is not allowed: use an unprivileged port other than 8080 (health) and 8090 (ingest)", svc.port),
@@ -163,7 +191,10 @@ pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<Reso
         }
         for (k, _) in svc.labels.iter() {
             if k.starts_with("meterpark.io/") || k.starts_with("app.kubernetes.io/") {
-                errors.push(SpecError::new(field("labels"), format!("label {k:?} is reserved for the operator")));
+                errors.push(SpecError::new(
+                    field("labels"),
+                    format!("label {k:?} is reserved for the operator"),
+                ));
             }
         }
         let command = if svc.command.is_empty() && kind != ServiceKind::Custom {
@@ -187,7 +218,10 @@ pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<Reso
         });
     }
     if resolved.is_empty() && errors.is_empty() {
-        errors.push(SpecError::new("spec.services", "the hub declares no enabled service"));
+        errors.push(SpecError::new(
+            "spec.services",
+            "the hub declares no enabled service",
+        ));
     }
     if errors.is_empty() {
         Ok(resolved)
@@ -199,21 +233,30 @@ pub fn resolve_services(hub_name: &str, spec: &DeviceHubSpec) -> Result<Vec<Reso
 fn default_resources() -> ResourceRequirements {
     let q = |s: &str| Quantity(s.to_string());
     ResourceRequirements {
-        requests: Some(BTreeMap::from([("cpu".into(), q("50m")), ("memory".into(), q("32Mi"))])),
-        limits: Some(BTreeMap::from([("cpu".into(), q("500m")), ("memory".into(), q("128Mi"))])),
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), q("50m")),
+            ("memory".into(), q("32Mi")),
+        ])),
+        limits: Some(BTreeMap::from([
+            ("cpu".into(), q("500m")),
+            ("memory".into(), q("128Mi")),
+        ])),
         ..ResourceRequirements::default()
     }
 }
 
 /// RFC 1123 label.
 pub fn valid_dns_label(s: &str) -> bool {
-    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$").expect("static regex"));
+    static RE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$").expect("static regex")
+    });
     RE.is_match(s)
 }
 
 /// SPIFFE trust domain: lowercase letters, digits, dots, dashes and underscores.
 pub fn valid_trust_domain(s: &str) -> bool {
-    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9._-]{1,255}$").expect("static regex"));
+    static RE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^[a-z0-9._-]{1,255}$").expect("static regex"));
     RE.is_match(s)
 }
 
@@ -232,7 +275,8 @@ pub fn valid_image(s: &str) -> bool {
     // The first component is a registry only when it looks like a host (has '.' or ':', or is
     // `localhost`); otherwise it is a path component and must be lowercase.
     let first = s.split('/').next().unwrap_or_default();
-    let registry_like = s.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let registry_like =
+        s.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     let first_ok = registry_like || !first.chars().any(|c| c.is_ascii_uppercase());
     s.len() <= 512 && first_ok && RE.is_match(s)
 }
@@ -291,7 +335,11 @@ mod tests {
         bad_image.image = Some("Not A/Valid::image".into());
         let mut negative = svc("smoc-service");
         negative.replicas = -1;
-        let errors = resolve_services("demo", &spec(vec![bad_image, negative, svc("bff"), svc("bff")])).unwrap_err();
+        let errors = resolve_services(
+            "demo",
+            &spec(vec![bad_image, negative, svc("bff"), svc("bff")]),
+        )
+        .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"spec.services[3].name"), "{errors:?}");
         assert!(fields.contains(&"spec.services[0].image"), "{errors:?}");
@@ -311,7 +359,15 @@ mod tests {
         ] {
             assert!(valid_image(ok), "{ok}");
         }
-        for bad in ["", "UPPER/case", "a b", "x:", ":tag", "a//b", "reg/x:tag:tag"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a b",
+            "x:",
+            ":tag",
+            "a//b",
+            "reg/x:tag:tag",
+        ] {
             assert!(!valid_image(bad), "{bad}");
         }
     }

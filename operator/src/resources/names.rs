@@ -102,7 +102,10 @@ fn common_labels(hub: &str, name: &str) -> BTreeMap<String, String> {
         ("app.kubernetes.io/name".to_string(), name.to_string()),
         ("app.kubernetes.io/instance".to_string(), hub.to_string()),
         ("app.kubernetes.io/component".to_string(), name.to_string()),
-        ("app.kubernetes.io/part-of".to_string(), "meter-park".to_string()),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "meter-park".to_string(),
+        ),
         (LABEL_MANAGED_BY.to_string(), FIELD_MANAGER.to_string()),
     ])
 }

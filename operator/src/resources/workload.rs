@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec as K8sServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -57,7 +59,11 @@ impl HubContext<'_> {
     }
 
     pub fn spiffe_id(&self, svc: &str) -> String {
-        names::spiffe_id(&self.spec.trust_domain, self.namespace, &object_name(self.name, svc))
+        names::spiffe_id(
+            &self.spec.trust_domain,
+            self.namespace,
+            &object_name(self.name, svc),
+        )
     }
 }
 
@@ -172,7 +178,12 @@ pub fn deployment(hub: &HubContext, svc: &ResolvedService) -> Deployment {
         },
     ];
     if svc.kind == ServiceKind::Smoc {
-        if let Some(cm) = hub.spec.jwt.as_ref().and_then(|j| j.jwks_config_map.clone()) {
+        if let Some(cm) = hub
+            .spec
+            .jwt
+            .as_ref()
+            .and_then(|j| j.jwks_config_map.clone())
+        {
             volumes.push(config_map_volume("jwks", cm, false));
             mounts.push(mount("jwks", JWKS_DIR));
         }
@@ -284,7 +295,10 @@ fn service_port(name: &str, port: u16) -> ServicePort {
 }
 
 pub fn service(hub: &HubContext, svc: &ResolvedService) -> Service {
-    let mut ports = vec![service_port("https", svc.port), service_port("health", HEALTH_PORT)];
+    let mut ports = vec![
+        service_port("https", svc.port),
+        service_port("health", HEALTH_PORT),
+    ];
     if svc.kind == ServiceKind::Connector {
         ports.push(service_port("ingest", INGEST_PORT));
     }
@@ -303,7 +317,11 @@ pub fn service(hub: &HubContext, svc: &ResolvedService) -> Service {
 /// PodDisruptionBudget as a dynamic object: `policy/v1` or `policy/v1beta1`, whichever the cluster
 /// serves (Kubernetes 1.20 has only v1beta1, and k8s-openapi no longer ships that type).
 /// `None` when the service runs at most one replica.
-pub fn pod_disruption_budget(hub: &HubContext, svc: &ResolvedService, api_version: &str) -> Option<DynamicObject> {
+pub fn pod_disruption_budget(
+    hub: &HubContext,
+    svc: &ResolvedService,
+    api_version: &str,
+) -> Option<DynamicObject> {
     if svc.replicas <= 1 {
         return None;
     }
@@ -327,7 +345,10 @@ pub fn data_claim_for(hub: &HubContext, svc: &ResolvedService) -> Option<Persist
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), storage.size.clone())])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    storage.size.clone(),
+                )])),
                 ..VolumeResourceRequirements::default()
             }),
             ..PersistentVolumeClaimSpec::default()
@@ -422,19 +443,47 @@ mod tests {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &["ALL"]);
-        assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
-        let paths: Vec<_> = c.volume_mounts.as_ref().unwrap().iter().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+            &["ALL"]
+        );
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+        let paths: Vec<_> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.mount_path.as_str())
+            .collect();
         for p in [TLS_DIR, TRUST_DIR, ACL_DIR, CONFIG_DIR, DATA_DIR] {
             assert!(paths.contains(&p), "{p} not mounted");
         }
-        let ports: Vec<_> = c.ports.as_ref().unwrap().iter().map(|p| p.container_port).collect();
-        assert_eq!(ports, vec![8443, 8080, 8090], "connector has https, health and ingest");
+        let ports: Vec<_> = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(
+            ports,
+            vec![8443, 8080, 8090],
+            "connector has https, health and ingest"
+        );
         assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
         assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
 
         let s = service(&hub, &services[1]);
-        assert!(s.spec.unwrap().ports.unwrap().iter().all(|p| p.protocol.as_deref() == Some("TCP")));
+        assert!(s
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .iter()
+            .all(|p| p.protocol.as_deref() == Some("TCP")));
         assert!(pod_disruption_budget(&hub, &services[1], "policy/v1").is_none());
 
         let config = service_config(&hub, &services[0]);
@@ -442,7 +491,10 @@ mod tests {
             config["peers"]["device-hub"]["spiffeId"],
             "spiffe://cluster.local/ns/park/sa/demo-device-hub"
         );
-        assert_eq!(config["peers"]["device-hub"]["url"], "https://demo-device-hub.park.svc:8443");
+        assert_eq!(
+            config["peers"]["device-hub"]["url"],
+            "https://demo-device-hub.park.svc:8443"
+        );
     }
 
     #[test]

@@ -40,7 +40,13 @@ pub enum Attempt {
 }
 
 impl LeaderElector {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, lease_duration: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        lease_duration: Duration,
+    ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
@@ -72,7 +78,12 @@ impl LeaderElector {
     /// One attempt to acquire or renew the lease.
     pub async fn try_acquire(&self) -> Result<Attempt, LeaderError> {
         let now = Timestamp::now();
-        let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(|e| self.err(e))? else {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -83,17 +94,24 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Leader),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Follower { holder: "unknown".into() }),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Follower {
+                    holder: "unknown".into(),
+                }),
                 Err(e) => Err(self.err(e)),
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
+        let duration =
+            SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
         let expired = spec
             .renew_time
             .as_ref()
-            .map(|t| t.0.checked_add(duration).map(|end| end < now).unwrap_or(true))
+            .map(|t| {
+                t.0.checked_add(duration)
+                    .map(|end| end < now)
+                    .unwrap_or(true)
+            })
             .unwrap_or(true);
         let transitions = spec.lease_transitions.unwrap_or(0);
         let new_spec = if holder == self.identity {
@@ -105,7 +123,11 @@ impl LeaderElector {
             return Ok(Attempt::Follower { holder });
         };
         lease.spec = Some(new_spec);
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(Attempt::Leader),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Follower { holder }),
             Err(e) => Err(self.err(e)),

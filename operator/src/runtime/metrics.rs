@@ -67,22 +67,46 @@ impl Default for Metrics {
         let hub_requests = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciliations by kind", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciliations by kind and reason", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Reconciliation duration by kind", reconcile_duration.clone());
-        registry.register("api_writes", "Write requests to the API server by resource and verb", api_writes.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by kind and reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconciliation duration by kind",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Write requests to the API server by resource and verb",
+            api_writes.clone(),
+        );
         registry.register(
             "certificate_expiration_timestamp_seconds",
             "notAfter of each leaf certificate (unix seconds)",
             certificate_expiration.clone(),
         );
-        registry.register("certificate_renewals", "Leaf certificates renewed", certificate_renewals.clone());
+        registry.register(
+            "certificate_renewals",
+            "Leaf certificates renewed",
+            certificate_renewals.clone(),
+        );
         registry.register(
             "certificate_issuance_errors",
             "Failures to issue or load certificates",
             certificate_issuance_errors.clone(),
         );
-        registry.register("device_hub_requests", "Requests to device-hub APIs by operation and result", hub_requests.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "device_hub_requests",
+            "Requests to device-hub APIs by operation and result",
+            hub_requests.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
