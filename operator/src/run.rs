@@ -46,10 +46,10 @@ pub struct RunArgs {
     #[arg(long, env = "MPM_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
     /// Average API writes per second (token bucket).
-    #[arg(long, env = "MPM_WRITE_QPS", default_value_t = 50.0)]
+    #[arg(long, env = "MPM_WRITE_QPS", default_value_t = 200.0)]
     pub write_qps: f64,
     /// Burst of API writes.
-    #[arg(long, env = "MPM_WRITE_BURST", default_value_t = 100)]
+    #[arg(long, env = "MPM_WRITE_BURST", default_value_t = 400)]
     pub write_burst: u32,
     /// Labels of the operator's pods (`k=v,k=v`), allowed by hub NetworkPolicies to reach device-hub.
     #[arg(

@@ -186,7 +186,7 @@ where
 }
 
 impl Context {
-    /// Records an Event; failures to record are logged, never fatal.
+    /// Queues an Event (published in the background; failures are logged, never fatal).
     pub async fn publish(
         &self,
         regarding: &k8s_openapi::api::core::v1::ObjectReference,
@@ -202,11 +202,7 @@ impl Context {
             action: action.to_string(),
             secondary: None,
         };
-        self.limiter.acquire().await;
-        self.metrics.write("Event", "create");
-        if let Err(e) = self.recorder.publish(&event, regarding).await {
-            tracing::warn!(error = %e, reason, "recording an event failed");
-        }
+        self.events.send(event, regarding.clone());
     }
 }
 

@@ -114,8 +114,11 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
     };
 
     let certificates = certs::reconcile(ctx, hub, &hub_ctx, &regarding).await?;
-    let deployments = apply_workloads(ctx, hub, &hub_ctx, &regarding).await?;
-    network::reconcile(ctx, hub, &hub_ctx, &regarding).await?;
+    // Workloads and network policies are independent of each other.
+    let (deployments, ()) = futures::try_join!(
+        apply_workloads(ctx, hub, &hub_ctx, &regarding),
+        network::reconcile(ctx, hub, &hub_ctx, &regarding),
+    )?;
 
     // Status.
     let mut service_status = Vec::new();
@@ -306,74 +309,93 @@ async fn apply_workloads(
     let mut keep = Vec::new();
     let mut keep_pdb = Vec::new();
     for svc in hub_ctx.services {
-        let name = names::object_name(hub_ctx.name, &svc.name);
-        keep.push(name.clone());
+        keep.push(names::object_name(hub_ctx.name, &svc.name));
         keep.push(names::config_map(hub_ctx.name, &svc.name));
-        apply(
-            ctx,
-            &sa_api,
-            "ServiceAccount",
-            mark(workload::service_account(hub_ctx, svc)),
-            live_sa.get(&name),
-            regarding,
-        )
-        .await?;
-        let cm = mark(workload::config_map_for(hub_ctx, svc));
-        apply(
-            ctx,
-            &cm_api,
-            "ConfigMap",
-            cm,
-            live_cm.get(&names::config_map(hub_ctx.name, &svc.name)),
-            regarding,
-        )
-        .await?;
-        if let Some(pvc) = workload::data_claim_for(hub_ctx, svc) {
-            let pvc_name = names::data_claim(hub_ctx.name, &svc.name);
-            // A claim's spec is immutable once bound: create it, never rewrite it.
-            if !live_pvc.contains_key(&pvc_name) {
+        if svc.replicas > 1 {
+            keep_pdb.push(names::object_name(hub_ctx.name, &svc.name));
+        }
+    }
+    // Services are independent: apply them concurrently (the write limiter still bounds the rate).
+    let per_service = hub_ctx.services.iter().map(|svc| {
+        let (sa_api, cm_api, dep_api, svc_api, pvc_api, pdb_api) =
+            (&sa_api, &cm_api, &dep_api, &svc_api, &pvc_api, &pdb_api);
+        let (live_sa, live_cm, live_dep, live_svc, live_pvc, live_pdb) = (
+            &live_sa, &live_cm, &live_dep, &live_svc, &live_pvc, &live_pdb,
+        );
+        async move {
+            let name = names::object_name(hub_ctx.name, &svc.name);
+            let sa = mark(workload::service_account(hub_ctx, svc));
+            let cm = mark(workload::config_map_for(hub_ctx, svc));
+            let cm_name = names::config_map(hub_ctx.name, &svc.name);
+            futures::try_join!(
                 apply(
                     ctx,
-                    &pvc_api,
-                    "PersistentVolumeClaim",
-                    mark(pvc),
-                    None,
+                    sa_api,
+                    "ServiceAccount",
+                    sa,
+                    live_sa.get(&name),
+                    regarding
+                ),
+                apply(
+                    ctx,
+                    cm_api,
+                    "ConfigMap",
+                    cm,
+                    live_cm.get(&cm_name),
+                    regarding
+                ),
+            )?;
+            if let Some(pvc) = workload::data_claim_for(hub_ctx, svc) {
+                // A claim's spec is immutable once bound: create it, never rewrite it.
+                if !live_pvc.contains_key(&names::data_claim(hub_ctx.name, &svc.name)) {
+                    apply(
+                        ctx,
+                        pvc_api,
+                        "PersistentVolumeClaim",
+                        mark(pvc),
+                        None,
+                        regarding,
+                    )
+                    .await?;
+                }
+            }
+            let deployment = mark(workload::deployment(hub_ctx, svc));
+            let service = mark(workload::service(hub_ctx, svc));
+            futures::try_join!(
+                apply(
+                    ctx,
+                    dep_api,
+                    "Deployment",
+                    deployment,
+                    live_dep.get(&name),
+                    regarding
+                ),
+                apply(
+                    ctx,
+                    svc_api,
+                    "Service",
+                    service,
+                    live_svc.get(&name),
+                    regarding
+                ),
+            )?;
+            if let Some(pdb) =
+                workload::pod_disruption_budget(hub_ctx, svc, &ctx.pdb_api.api_version)
+            {
+                apply(
+                    ctx,
+                    pdb_api,
+                    "PodDisruptionBudget",
+                    mark(pdb),
+                    live_pdb.get(&name),
                     regarding,
                 )
                 .await?;
             }
+            Ok::<(), Error>(())
         }
-        apply(
-            ctx,
-            &dep_api,
-            "Deployment",
-            mark(workload::deployment(hub_ctx, svc)),
-            live_dep.get(&name),
-            regarding,
-        )
-        .await?;
-        apply(
-            ctx,
-            &svc_api,
-            "Service",
-            mark(workload::service(hub_ctx, svc)),
-            live_svc.get(&name),
-            regarding,
-        )
-        .await?;
-        if let Some(pdb) = workload::pod_disruption_budget(hub_ctx, svc, &ctx.pdb_api.api_version) {
-            keep_pdb.push(name.clone());
-            apply(
-                ctx,
-                &pdb_api,
-                "PodDisruptionBudget",
-                mark(pdb),
-                live_pdb.get(&name),
-                regarding,
-            )
-            .await?;
-        }
-    }
+    });
+    futures::future::try_join_all(per_service).await?;
     let uid = hub.meta().uid.clone().unwrap_or_default();
     prune(
         ctx,

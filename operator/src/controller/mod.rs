@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod certs;
 pub mod device_hub;
+pub mod events;
 pub mod network;
 pub mod rotation;
 
@@ -86,7 +87,7 @@ pub struct Settings {
 /// Shared state of all controllers.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: events::EventQueue,
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
     pub settings: Settings,
@@ -108,7 +109,13 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            // Events get a budget of their own: half the object write rate.
+            events: events::EventQueue::start(
+                Recorder::new(client.clone(), reporter),
+                metrics.clone(),
+                writes_per_second / 2.0,
+                burst,
+            ),
             client,
             metrics,
             limiter: RateLimiter::new(writes_per_second, burst),

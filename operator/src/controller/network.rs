@@ -87,19 +87,16 @@ pub async fn reconcile(
             let live_np = list_by_name(&np_api, "NetworkPolicy", &selector).await?;
             let live_cm = list_by_name(&cm_api, "ConfigMap", &selector).await?;
             let mut keep = Vec::new();
+            let mut writes = Vec::new();
             for mut policy in compiled.network_policies() {
                 let name = policy.name_any();
                 policy.metadata.owner_references = Some(vec![hub_ctx.owner.clone()]);
                 keep.push(name.clone());
-                apply(
-                    ctx,
-                    &np_api,
-                    "NetworkPolicy",
-                    mark(policy),
-                    live_np.get(&name),
-                    regarding,
-                )
-                .await?;
+                let live = live_np.get(&name);
+                let np_api = &np_api;
+                writes.push(futures::future::Either::Left(async move {
+                    apply(ctx, np_api, "NetworkPolicy", mark(policy), live, regarding).await
+                }));
             }
             for (service, compiled_service) in &compiled.services {
                 let name = names::acl_config_map(hub_ctx.name, service);
@@ -116,16 +113,13 @@ pub async fn reconcile(
                     ..ConfigMap::default()
                 };
                 keep.push(name.clone());
-                apply(
-                    ctx,
-                    &cm_api,
-                    "ConfigMap",
-                    mark(cm),
-                    live_cm.get(&name),
-                    regarding,
-                )
-                .await?;
+                let live = live_cm.get(&name);
+                let cm_api = &cm_api;
+                writes.push(futures::future::Either::Right(async move {
+                    apply(ctx, cm_api, "ConfigMap", mark(cm), live, regarding).await
+                }));
             }
+            futures::future::try_join_all(writes).await?;
             let uid = hub.meta().uid.clone().unwrap_or_default();
             prune(
                 ctx,
