@@ -69,16 +69,15 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
         Ok(matches!(condition(&status, "Ready"), Some((s, _, _)) if s == "True").then_some(()))
     })
     .await?;
-    // Pods must have loaded the compiled allowed-peers (the kubelet syncs ConfigMap volumes lazily).
-    let acl_version = |body: &str| {
-        serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .map(|v| v["allowedPeersVersion"].clone())
-    };
+    // Every pod must have loaded the allowed peers compiled from this ServiceACL (the kubelet
+    // refreshes ConfigMap volumes lazily, up to a minute or more after a change): compare the
+    // SHA-256 each pod reports on /status with the ConfigMap's content (contract: Health port).
+    use sha2::Digest;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait_for(
-        "every pod loaded its allowed peers",
-        Duration::from_secs(150),
+        "every pod loaded the compiled allowed peers",
+        Duration::from_secs(240),
         || async {
             let mut all = true;
             for pod in pods
@@ -86,14 +85,29 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
                 .await?
                 .items
             {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let service = labels
+                    .get("meterpark.io/service")
+                    .cloned()
+                    .unwrap_or_default();
+                let acl = config_maps.get(&format!("{HUB}-{service}-acl")).await?;
+                let peers = acl
+                    .data
+                    .unwrap_or_default()
+                    .get("allowed-peers.json")
+                    .cloned()
+                    .unwrap_or_default();
+                let expected = hex::encode(sha2::Sha256::digest(peers.as_bytes()));
                 let name = pod.metadata.name.unwrap_or_default();
                 let path = format!("/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/status");
                 let body = client
                     .request_text(http::Request::get(path).body(Vec::new())?)
                     .await
                     .unwrap_or_default();
-                all &=
-                    acl_version(&body).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+                let loaded = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .map(|v| v["allowedPeersVersion"].clone());
+                all &= loaded.is_some_and(|v| v.as_str() == Some(expected.as_str()));
             }
             Ok(all.then_some(()))
         },

@@ -29,7 +29,11 @@ pub async fn reconcile(hub: Arc<DeviceHub>, ctx: Arc<Context>) -> Result<Action,
         .reconciles
         .get_or_create(&crate::runtime::metrics::KindLabels { kind: KIND.into() })
         .inc();
-    let result = reconcile_inner(&hub, &ctx).await;
+    let result = match reconcile_inner(&hub, &ctx).await {
+        // Writes into a terminating namespace fail until it is gone; retrying would only spin.
+        Err(e) if e.namespace_terminating() => Ok(Action::await_change()),
+        other => other,
+    };
     ctx.metrics
         .reconcile_duration
         .get_or_create(&crate::runtime::metrics::KindLabels { kind: KIND.into() })

@@ -59,6 +59,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The write failed because the object's namespace is being deleted: nothing to retry, the
+    /// namespace takes the hub with it.
+    pub fn namespace_terminating(&self) -> bool {
+        let source = match self {
+            Error::Apply { source, .. }
+            | Error::Delete { source, .. }
+            | Error::Status { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source, kube::Error::Api(s) if s.code == 403 && s.message.contains("being terminated"))
+    }
+
     /// Machine-readable reason, for metrics and Events.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -18,7 +18,36 @@ pub const GROUP: &str = "meterpark.io";
 
 /// Every CRD of the operator, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![DeviceHub::crd(), ServiceACL::crd(), Meter::crd()]
+    vec![
+        spec_optional(DeviceHub::crd()),
+        ServiceACL::crd(),
+        Meter::crd(),
+    ]
+}
+
+/// A DeviceHub works with its name alone: the API server defaults a missing `spec` to `{}` (and
+/// then every nested default applies) instead of rejecting it as required.
+fn spec_optional(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        if let Some(required) = schema.required.as_mut() {
+            required.retain(|r| r != "spec");
+        }
+        if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+            spec.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({}),
+                ),
+            );
+        }
+    }
+    crd
 }
 
 /// All CRDs as one multi-document YAML stream: what `mpm-operator crds` prints and `crds/` holds.
