@@ -185,6 +185,35 @@ where
     Ok(pruned)
 }
 
+/// Writes an object's status subresource with a merge patch (rate limited and counted). Callers
+/// skip the call when the status did not change, so a quiet reconcile makes no write.
+pub async fn patch_status<K, S>(
+    ctx: &Context,
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    S: Serialize,
+{
+    ctx.limiter.acquire().await;
+    ctx.metrics.write(&format!("{kind}/status"), "patch");
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
 impl Context {
     /// Queues an Event (published in the background; failures are logged, never fatal).
     pub async fn publish(

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::apply::{apply, list_by_name, prune};
@@ -469,18 +468,6 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<DeviceHub> = Api::namespaced(ctx.client.clone(), ns);
-    ctx.limiter.acquire().await;
-    ctx.metrics.write("DeviceHub/status", "patch");
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
-    )
-    .await
-    .map_err(|source| Error::Status {
-        kind: KIND.into(),
-        name: name.to_string(),
-        source,
-    })?;
+    super::apply::patch_status(ctx, &api, KIND, name, &new).await?;
     Ok(())
 }

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::apply::{apply, list_by_name, prune};
+use super::apply::{apply, list_by_name, patch_status, prune};
 use super::device_hub::CONTROLLER_LABEL;
 use super::{Context, Error};
 use crate::acl::{HubTopology, OperatorAccess};
@@ -243,20 +242,7 @@ pub async fn reconcile(
                     .await;
                 }
             }
-            ctx.limiter.acquire().await;
-            ctx.metrics.write("ServiceACL/status", "patch");
-            acl_api
-                .patch_status(
-                    &acl.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": status })),
-                )
-                .await
-                .map_err(|source| Error::Status {
-                    kind: "ServiceACL".into(),
-                    name: acl.name_any(),
-                    source,
-                })?;
+            patch_status(ctx, &acl_api, "ServiceACL", &acl.name_any(), &status).await?;
         }
     }
     Ok(())
@@ -309,18 +295,6 @@ pub async fn report_missing_hub(ctx: &Context, acl: &ServiceACL) -> Result<(), E
     )
     .await;
     let api: Api<ServiceACL> = Api::namespaced(ctx.client.clone(), &ns);
-    ctx.limiter.acquire().await;
-    ctx.metrics.write("ServiceACL/status", "patch");
-    api.patch_status(
-        &acl.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(|source| Error::Status {
-        kind: "ServiceACL".into(),
-        name: acl.name_any(),
-        source,
-    })?;
+    patch_status(ctx, &api, "ServiceACL", &acl.name_any(), &status).await?;
     Ok(())
 }
