@@ -2,8 +2,11 @@
 //! subcommand prints a table (figure, target, PASS/MISS); nothing asserts.
 //!
 //! ```text
-//! cargo run --release -p mpm-e2e --bin mpm-bench -- <hubs|meters [--count N]|renewals [--count N]|netpol|services|all>
+//! cargo run --release -p mpm-e2e --bin mpm-bench -- <hubs|meters [--count N]|renewals [--count N]|netpol|tls|services|all>
 //! ```
+//!
+//! `netpol` and `tls` run in-process and need no cluster; `services` runs `tls` and adds the pods'
+//! idle memory when a cluster is reachable.
 
 mod common;
 mod hubs;
@@ -11,11 +14,22 @@ mod meters;
 mod netpol;
 mod renewals;
 mod services;
+mod tls;
 
 use anyhow::{bail, Context as _};
 use common::{print_table, Row};
 
-const USAGE: &str = "usage: mpm-bench <hubs | meters [--count N] | renewals [--count N] | netpol | services | all [--meters N] [--renewals N]>";
+const USAGE: &str = "usage: mpm-bench <hubs | meters [--count N] | renewals [--count N] | netpol | tls [--seconds N] [--rounds N] [--clients N] | services [same as tls] | all [--meters N] [--renewals N]>";
+
+/// `--seconds`, `--rounds`, `--clients` of the mTLS/TLS comparison.
+fn tls_options(args: &[String]) -> anyhow::Result<tls::TlsOptions> {
+    let d = tls::TlsOptions::default();
+    Ok(tls::TlsOptions {
+        seconds: flag(args, "--seconds", d.seconds as usize)? as u64,
+        rounds: flag(args, "--rounds", d.rounds)?,
+        clients: flag(args, "--clients", d.clients)?,
+    })
+}
 
 fn flag(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
     match args.iter().position(|a| a == name) {
@@ -55,10 +69,17 @@ async fn main() -> anyhow::Result<()> {
                 &renewals::run(&mpm_e2e::client().await?, count).await?,
             );
         }
-        "services" => print_table(
-            "services (issue 6)",
-            &services::run(&mpm_e2e::client().await?).await?,
+        "tls" => print_table(
+            "services: device-hub mTLS vs TLS (issue 6)",
+            &tls::tls(&tls_options(rest)?).await?,
         ),
+        "services" => {
+            let opts = tls_options(rest)?;
+            print_table(
+                "services (issue 6)",
+                &services::run(mpm_e2e::client().await, &opts).await?,
+            )
+        }
         "all" => {
             let client = mpm_e2e::client().await?;
             let meters = flag(rest, "--meters", 10_000)?;
@@ -68,7 +89,10 @@ async fn main() -> anyhow::Result<()> {
                 ("netpol (issue 5)", netpol::run()),
                 ("hubs (issue 3)", hubs::run(&client).await),
                 ("renewals (issue 4)", renewals::run(&client, renewals).await),
-                ("services (issue 6)", services::run(&client).await),
+                (
+                    "services (issue 6)",
+                    services::run(Ok(client.clone()), &tls::TlsOptions::default()).await,
+                ),
                 ("meters (issue 7)", meters::run(&client, meters).await),
             ];
             for (title, result) in sections {

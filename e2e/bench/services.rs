@@ -1,21 +1,16 @@
-//! Issue 6: idle memory of each service pod (namespace `meter-park`). The in-process throughput
-//! comparison (device-hub over mTLS vs "the same service over plain server-only TLS") is skipped:
-//! the services crate starts device-hub only behind `server::start_common`, whose TLS config
-//! (`tls::server_config`) always requires a client certificate, and device-hub's router is private,
-//! so device-hub cannot be served over server-only TLS without changing `services/`; the e2e crate
-//! also does not depend on `mpm-services`.
+//! Issue 6: the services' figures: the in-process mTLS vs TLS comparison (`tls.rs`) and the idle
+//! memory of each service pod in namespace `meter-park` (needs the cluster).
 
 use kube::Client;
 
 use crate::common::{self, Row};
+use crate::tls::{self, TlsOptions};
 
 pub const NAMESPACE: &str = "meter-park";
 
-pub async fn run(client: &Client) -> anyhow::Result<Vec<Row>> {
-    let mut rows = vec![Row::info(
-        "services: req/s + p99, mTLS vs plain TLS",
-        "SKIPPED: device-hub has no server-only TLS mode and its router is private (see bench/services.rs)",
-    )];
+/// Idle memory of each service pod (needs the cluster).
+pub async fn idle_rss(client: &Client) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
     let pods = common::pod_memory(client, NAMESPACE, |_| true).await?;
     if pods.is_empty() {
         rows.push(Row::info(
@@ -29,6 +24,28 @@ pub async fn run(client: &Client) -> anyhow::Result<Vec<Row>> {
             mem,
             20.0,
         ));
+    }
+    Ok(rows)
+}
+
+/// The whole issue-6 section: the in-process comparison always, idle RSS when a cluster client
+/// could be built.
+pub async fn run(client: anyhow::Result<Client>, opts: &TlsOptions) -> anyhow::Result<Vec<Row>> {
+    let mut rows = tls::tls(opts).await?;
+    match client {
+        Ok(client) => match idle_rss(&client).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => rows.push(Row::new(
+                "services: idle RSS",
+                format!("FAILED: {e:#}"),
+                "< 20 MiB",
+                Some(false),
+            )),
+        },
+        Err(e) => rows.push(Row::info(
+            "services: idle RSS",
+            format!("SKIPPED (no cluster: {e}: {})", e.root_cause()),
+        )),
     }
     Ok(rows)
 }

@@ -10,16 +10,19 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
+use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::{error, info, warn};
 
-use crate::controller::{self, device_hub, network, Context, Error, Settings};
+use crate::controller::{self, device_hub, network, Caches, Context, Error, Settings};
 use crate::crd::{DeviceHub, ServiceACL};
 use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
+use crate::runtime::api_client::PoolSettings;
 use crate::runtime::http::{self, Health};
 use crate::runtime::leader::LeaderElector;
 use crate::runtime::metrics::{ErrorLabels, Metrics};
@@ -64,7 +67,7 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    let client = crate::runtime::api_client::client(PoolSettings::default()).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -117,6 +120,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pod_labels: parse_labels(&args.pod_labels),
         resync: Duration::from_secs(args.resync_seconds),
     };
+    let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
+    let (acls, acl_writer) = reflector::store::<ServiceACL>();
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
@@ -124,10 +129,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pdb_api.clone(),
         args.write_qps,
         args.write_burst,
+        Caches { policies, acls },
     ));
     health.ready.store(true, Ordering::Relaxed);
 
-    let controllers = run_controllers(client, ctx.clone(), args.concurrency, pdb_api, shutdown);
+    let writers = CacheWriters {
+        policies: policy_writer,
+        acls: acl_writer,
+    };
+    let controllers = run_controllers(
+        client,
+        ctx.clone(),
+        args.concurrency,
+        pdb_api,
+        writers,
+        shutdown,
+    );
     tokio::select! {
         _ = controllers => info!("controllers stopped"),
         _ = async { if args.leader_elect { elector.hold().await } else { futures::future::pending().await } } => {
@@ -144,33 +161,56 @@ async fn run_controllers<F>(
     ctx: Arc<Context>,
     concurrency: u16,
     pdb_api: kube::discovery::ApiResource,
+    writers: CacheWriters,
     shutdown: impl Fn() -> F,
 ) where
     F: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
+    // Owned objects only trigger reconciles of their hub, so their metadata is enough: full
+    // Secrets and Deployments are never decoded or held in memory.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
-    let hubs: Api<DeviceHub> = Api::all(client.clone());
+    let (hub_store, hub_writer) = reflector::store::<DeviceHub>();
+    let hub_stream = watcher(
+        Api::<DeviceHub>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(strip_managed_fields)
+    .reflect(hub_writer)
+    .applied_objects();
     let config = kube::runtime::controller::Config::default().concurrency(concurrency);
-    let hub_controller = Controller::new(hubs, watcher::Config::default());
-    let hub_store = hub_controller.store();
-    let hub_controller = hub_controller
+    let hub_controller = Controller::for_stream(hub_stream, hub_store.clone())
         .with_config(config.clone())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
-        .owns_with(
-            Api::<kube::api::DynamicObject>::all_with(client.clone(), &pdb_api),
+        .owns_stream(owned_metadata::<Deployment>(&client, &owned))
+        .owns_stream(owned_metadata::<Service>(&client, &owned))
+        .owns_stream(owned_metadata::<ServiceAccount>(&client, &owned))
+        .owns_stream(owned_metadata::<ConfigMap>(&client, &owned))
+        .owns_stream(owned_metadata::<Secret>(&client, &owned))
+        .owns_stream_with(
+            watcher(
+                Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &pdb_api),
+                owned.clone(),
+            )
+            .default_backoff()
+            .touched_objects(),
             pdb_api.clone(),
-            owned.clone(),
         )
-        // Any NetworkPolicy in a namespace (ours or hand-written) re-verifies the hubs there.
-        .watches(
-            Api::<NetworkPolicy>::all(client.clone()),
-            watcher::Config::default(),
+        // A hub's own NetworkPolicy re-verifies that hub; any other policy (another hub's or
+        // hand-written) may change what is in force, so it re-verifies every hub of its namespace.
+        .watches_stream(
+            watcher(
+                Api::<NetworkPolicy>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(strip_managed_fields)
+            .reflect(writers.policies)
+            .touched_objects(),
             move |np: NetworkPolicy| {
                 let ns = np.namespace();
+                if let (Some(hub), Some(ns)) = (network::managing_hub(&np.metadata), &ns) {
+                    return vec![ObjectRef::<DeviceHub>::new(hub).within(ns)];
+                }
                 hub_store
                     .state()
                     .iter()
@@ -179,9 +219,15 @@ async fn run_controllers<F>(
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<ServiceACL>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            watcher(
+                Api::<ServiceACL>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(strip_managed_fields)
+            .reflect(writers.acls)
+            .touched_objects(),
             |acl: ServiceACL| {
                 acl.namespace()
                     .map(|ns| ObjectRef::<DeviceHub>::new(&acl.spec.hub_ref.name).within(&ns))
@@ -232,6 +278,39 @@ async fn reconcile_acl(acl: Arc<ServiceACL>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     Ok(Action::await_change())
+}
+
+/// The writing halves of `Caches`, driven by the DeviceHub controller's watch streams.
+struct CacheWriters {
+    policies: reflector::store::Writer<NetworkPolicy>,
+    acls: reflector::store::Writer<ServiceACL>,
+}
+
+/// The metadata of the operator's own objects of kind `K`, as reconcile triggers for their hub.
+fn owned_metadata<K>(
+    client: &Client,
+    owned: &watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(
+        Api::<PartialObjectMeta<K>>::all(client.clone()),
+        owned.clone(),
+    )
+    .default_backoff()
+    .touched_objects()
+}
+
+/// Cached objects do not need managedFields, often the largest part of their metadata.
+pub(crate) fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(

@@ -44,7 +44,7 @@ pub struct HesConfig {
     pub endpoint: Option<String>,
 }
 
-/// JWT validation settings (smoc-service only).
+/// JWT validation settings (smoc-service only). Exactly one of `jwks_file` and `jwks_url`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct JwtConfig {
@@ -54,6 +54,50 @@ pub struct JwtConfig {
     pub jwks_file: Option<String>,
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// PEM CA bundle for the IdP serving `jwks_url`; absent: the public web PKI roots.
+    #[serde(default)]
+    pub jwks_ca_file: Option<String>,
+}
+
+/// Where the JWT signing keys come from (validated [`JwtConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    File(PathBuf),
+    Url {
+        url: crate::jwks::JwksUrl,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl JwtConfig {
+    /// The key source, or an error naming the field. Exactly one of `jwksFile` and `jwksUrl`: with
+    /// both, which keys are trusted would depend on a precedence rule nobody reads; with neither,
+    /// no token could ever be valid. Empty strings count as unset (a templated config may render
+    /// them).
+    pub fn key_source(&self) -> Result<JwksLocation, ConfigError> {
+        fn set(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        match (set(&self.jwks_file), set(&self.jwks_url), set(&self.jwks_ca_file)) {
+            (Some(_), Some(_), _) => invalid(
+                "jwt.jwksFile and jwt.jwksUrl are both set; set exactly one".into(),
+            ),
+            (None, None, _) => invalid(
+                "jwt.jwksFile or jwt.jwksUrl must be set (exactly one) when the jwt section is present"
+                    .into(),
+            ),
+            (Some(_), None, Some(_)) => invalid(
+                "jwt.jwksCaFile applies to jwt.jwksUrl only; remove it or use jwt.jwksUrl".into(),
+            ),
+            (Some(file), None, None) => Ok(JwksLocation::File(PathBuf::from(file))),
+            (None, Some(url), ca) => Ok(JwksLocation::Url {
+                url: crate::jwks::JwksUrl::parse(url)
+                    .map_err(|e| ConfigError::Invalid(format!("jwt.jwksUrl: {e}")))?,
+                ca_file: ca.map(PathBuf::from),
+            }),
+        }
+    }
 }
 
 /// `config.json` (contract: config.json).
@@ -186,6 +230,82 @@ mod tests {
         );
         let jwt = cfg.jwt.clone().expect("jwt section");
         assert_eq!(jwt.jwks_url, None);
+        assert_eq!(
+            jwt.key_source().ok(),
+            Some(JwksLocation::File("/etc/mpm/config/jwks.json".into()))
+        );
         assert!(cfg.peer("nope").is_err());
+    }
+
+    fn jwt(file: Option<&str>, url: Option<&str>, ca: Option<&str>) -> JwtConfig {
+        JwtConfig {
+            issuer: "https://idp.example".into(),
+            audience: "smoc-api".into(),
+            jwks_file: file.map(str::to_string),
+            jwks_url: url.map(str::to_string),
+            jwks_ca_file: ca.map(str::to_string),
+        }
+    }
+
+    fn err(cfg: &JwtConfig) -> String {
+        cfg.key_source().expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn exactly_one_jwks_source() {
+        let both = err(&jwt(
+            Some("/j.json"),
+            Some("https://idp.example/certs"),
+            None,
+        ));
+        assert!(
+            both.contains("jwt.jwksFile") && both.contains("jwt.jwksUrl") && both.contains("both"),
+            "{both}"
+        );
+        let neither = err(&jwt(None, None, None));
+        assert!(
+            neither.contains("jwt.jwksFile") && neither.contains("jwt.jwksUrl"),
+            "{neither}"
+        );
+        assert_eq!(
+            err(&jwt(Some(" "), Some(""), None)),
+            neither,
+            "empty is unset"
+        );
+        let ca = err(&jwt(Some("/j.json"), None, Some("/ca.pem")));
+        assert!(ca.contains("jwt.jwksCaFile"), "{ca}");
+        let http = err(&jwt(None, Some("http://idp.example/certs"), None));
+        assert!(
+            http.contains("jwt.jwksUrl") && http.contains("https://"),
+            "{http}"
+        );
+        match jwt(
+            None,
+            Some("https://idp.example:8443/certs"),
+            Some("/ca.pem"),
+        )
+        .key_source()
+        {
+            Ok(JwksLocation::Url { url, ca_file }) => {
+                assert_eq!(url.to_string(), "https://idp.example:8443/certs");
+                assert_eq!(ca_file, Some(PathBuf::from("/ca.pem")));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jwks_ca_file_is_optional_in_json() {
+        let cfg = ServiceConfig::parse(
+            br#"{"hub": "h", "namespace": "n", "service": "smoc-service",
+                 "jwt": {"issuer": "i", "audience": "a", "jwksUrl": "https://idp.example/certs"}}"#,
+        )
+        .expect("parses");
+        let jwt = cfg.jwt.expect("jwt");
+        assert_eq!(jwt.jwks_ca_file, None);
+        assert!(matches!(
+            jwt.key_source(),
+            Ok(JwksLocation::Url { ca_file: None, .. })
+        ));
     }
 }

@@ -534,26 +534,52 @@ async fn outbox_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// device-hub's store and HTTPS API, without listeners. [`start`] serves it the way the binary
+/// does; benchmarks serve the same router over other transports (`mpm-bench tls`).
+pub struct App {
+    hub: Arc<Hub>,
+}
+
+impl App {
+    /// Opens the store in `ctx.paths.data_dir` and prepares the client for smoc-service.
+    pub fn open(ctx: &ServiceContext) -> Result<Self, ServerError> {
+        let store = Store::open(&ctx.paths.data_dir, STORE_FILE)?;
+        let client = Arc::new(MtlsClient::new(
+            ctx.material.clone(),
+            ctx.metrics.clone(),
+            ClientPolicy::default(),
+        ));
+        Ok(Self {
+            hub: Arc::new(Hub {
+                store,
+                client,
+                smoc: ctx.config.peers.get("smoc-service").cloned(),
+                write_lock: Mutex::new(()),
+                outbox_notify: Notify::new(),
+                metrics: ctx.metrics.clone(),
+            }),
+        })
+    }
+
+    /// The API router (contract: device-hub API). It carries no ACL or tracing: wrap it with
+    /// [`crate::server::secure_app`] as [`start`] does.
+    pub fn router(&self) -> Router {
+        router(self.hub.clone())
+    }
+
+    /// Delivers the outbox to smoc-service until `shutdown` flips.
+    pub async fn run_outbox(&self, shutdown: watch::Receiver<bool>) {
+        outbox_worker(self.hub.clone(), shutdown).await
+    }
+}
+
 /// Starts device-hub: store, HTTPS API, health port, outbox worker.
 pub async fn start(ctx: ServiceContext) -> Result<Running, ServerError> {
-    let store = Store::open(&ctx.paths.data_dir, STORE_FILE)?;
-    let client = Arc::new(MtlsClient::new(
-        ctx.material.clone(),
-        ctx.metrics.clone(),
-        ClientPolicy::default(),
-    ));
-    let hub = Arc::new(Hub {
-        store,
-        client,
-        smoc: ctx.config.peers.get("smoc-service").cloned(),
-        write_lock: Mutex::new(()),
-        outbox_notify: Notify::new(),
-        metrics: ctx.metrics.clone(),
-    });
-    let mut running = start_common(&ctx, router(hub.clone())).await?;
+    let app = App::open(&ctx)?;
+    let mut running = start_common(&ctx, app.router()).await?;
     let sd = ctx.shutdown.clone();
     running.tasks.spawn(async move {
-        outbox_worker(hub, sd).await;
+        app.run_outbox(sd).await;
         Ok(())
     });
     Ok(running)

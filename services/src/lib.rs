@@ -8,6 +8,7 @@ pub mod config;
 pub mod connector;
 pub mod device_hub;
 pub mod iec;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod reload;

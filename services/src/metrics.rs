@@ -23,6 +23,9 @@ pub struct Metrics {
     pub outgoing: Family<Labels, Counter>,
     pub dead_letters: Gauge,
     pub outbox: Gauge,
+    pub jwks_fetches: Family<Labels, Counter>,
+    pub jwks_keys: Gauge,
+    pub jwks_last_success: Gauge,
 }
 
 impl Metrics {
@@ -95,6 +98,24 @@ impl Metrics {
             "Messages waiting in the outbox",
             outbox.clone(),
         );
+        let jwks_fetches = Family::<Labels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Fetches of the JWT key set from jwt.jwksUrl, by trigger and outcome",
+            jwks_fetches.clone(),
+        );
+        let jwks_keys = Gauge::default();
+        registry.register(
+            "jwks_keys",
+            "Signing keys in the JWT key set in use",
+            jwks_keys.clone(),
+        );
+        let jwks_last_success = Gauge::default();
+        registry.register(
+            "jwks_last_success_seconds",
+            "When the JWT key set was last loaded or confirmed unchanged, Unix seconds",
+            jwks_last_success.clone(),
+        );
         Self {
             registry,
             requests,
@@ -107,6 +128,9 @@ impl Metrics {
             outgoing,
             dead_letters,
             outbox,
+            jwks_fetches,
+            jwks_keys,
+            jwks_last_success,
         }
     }
 

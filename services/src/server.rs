@@ -67,6 +67,13 @@ pub fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
+/// A service-specific condition for `/readyz`, on top of the mounted material (for example
+/// smoc-service's JWT key set).
+pub trait ReadinessCheck: Send + Sync {
+    /// `Ok(())` when ready, else the reason shown in the `503` body.
+    fn readiness(&self) -> Result<(), String>;
+}
+
 /// Everything a running service shares.
 #[derive(Clone)]
 pub struct ServiceContext {
@@ -78,6 +85,8 @@ pub struct ServiceContext {
     pub shutdown: watch::Receiver<bool>,
     pub poll_interval: Duration,
     pub drain_deadline: Duration,
+    /// Extra `/readyz` conditions; add them before [`start_common`] builds the health router.
+    pub readiness_checks: Vec<Arc<dyn ReadinessCheck>>,
 }
 
 impl ServiceContext {
@@ -99,6 +108,7 @@ impl ServiceContext {
             shutdown,
             poll_interval: crate::reload::POLL_INTERVAL,
             drain_deadline: DRAIN_DEADLINE,
+            readiness_checks: Vec::new(),
         }
     }
 }
@@ -223,9 +233,37 @@ async fn trace_and_count(
     .await
 }
 
+/// What the ACL layer does with a request that came on a connection without a verified peer
+/// identity. Every listener the services start requires a client certificate, so in a deployment
+/// such a request cannot happen and [`AnonymousCallers::Refuse`] is what [`secure_app`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousCallers {
+    /// No identity, no access (`403`). What every service uses.
+    Refuse,
+    /// **Benchmarks and tests only** (`mpm-bench tls` serves device-hub over server-only TLS to
+    /// measure what mTLS costs): a request without a peer identity passes the ACL layer. Nothing in
+    /// `config.json` or the environment selects this; only code calling [`secure_app_with`] can.
+    /// A caller that *does* present an identity is still checked against allowed-peers.json.
+    Permit,
+}
+
+/// The ACL decision for one request (pure, see [`AnonymousCallers`]).
+pub fn acl_decision(
+    acl: &crate::acl::Acl,
+    anonymous: AnonymousCallers,
+    peer: Option<&str>,
+    method: &str,
+    path: &str,
+) -> crate::acl::Decision {
+    match (peer, anonymous) {
+        (None, AnonymousCallers::Permit) => crate::acl::Decision::Allow,
+        _ => acl.check(peer, method, path),
+    }
+}
+
 /// Enforces allowed-peers.json per request.
 async fn enforce_acl(
-    State(store): State<Arc<MaterialStore>>,
+    State((store, anonymous)): State<(Arc<MaterialStore>, AnonymousCallers)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -235,7 +273,7 @@ async fn enforce_acl(
         .and_then(|p| p.0.clone());
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    let decision = store.acl().check(peer.as_deref(), &method, &path);
+    let decision = acl_decision(&store.acl(), anonymous, peer.as_deref(), &method, &path);
     if decision.is_allowed() {
         return next.run(req).await;
     }
@@ -260,9 +298,19 @@ fn tagged(router: Router) -> Router {
 
 /// Wraps a service router with route tagging, ACL enforcement and tracing/metrics.
 pub fn secure_app(router: Router, ctx: &ServiceContext) -> Router {
+    secure_app_with(router, ctx, AnonymousCallers::Refuse)
+}
+
+/// [`secure_app`] with an explicit treatment of callers without identity. **For benchmarks and
+/// tests**: services use [`secure_app`] (see [`AnonymousCallers::Permit`]).
+pub fn secure_app_with(
+    router: Router,
+    ctx: &ServiceContext,
+    anonymous: AnonymousCallers,
+) -> Router {
     tagged(router)
         .layer(middleware::from_fn_with_state(
-            ctx.material.clone(),
+            (ctx.material.clone(), anonymous),
             enforce_acl,
         ))
         .layer(middleware::from_fn_with_state(
@@ -392,6 +440,7 @@ pub async fn serve_plain(
 pub fn health_router(ctx: &ServiceContext) -> Router {
     let store = ctx.material.clone();
     let metrics = ctx.metrics.clone();
+    let checks = ctx.readiness_checks.clone();
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
         .route(
@@ -399,7 +448,11 @@ pub fn health_router(ctx: &ServiceContext) -> Router {
             get({
                 let store = store.clone();
                 move || async move {
-                    match store.readiness() {
+                    // Material first: without a certificate nothing else matters.
+                    let ready = store
+                        .readiness()
+                        .and_then(|()| checks.iter().try_for_each(|c| c.readiness()));
+                    match ready {
                         Ok(()) => (StatusCode::OK, "ready".to_string()),
                         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                     }
@@ -486,4 +539,51 @@ where
     let r = running.wait().await;
     tracing::info!(service = name, "stopped");
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::{Acl, Decision};
+
+    const HUB: &str = "spiffe://cluster.local/ns/park/sa/demo-device-hub";
+
+    fn acl() -> Acl {
+        let doc = format!(
+            r#"{{"version": 1, "peers": [{{"spiffeId": "{HUB}", "methods": ["GET"], "pathPrefixes": ["/v1/"]}}]}}"#
+        );
+        Acl::parse(doc.as_bytes()).expect("valid acl")
+    }
+
+    #[test]
+    fn anonymous_callers_are_refused_unless_a_benchmark_permits_them() {
+        let acl = acl();
+        assert_eq!(
+            acl_decision(&acl, AnonymousCallers::Refuse, None, "GET", "/v1/x"),
+            Decision::UnknownPeer
+        );
+        assert_eq!(
+            acl_decision(&acl, AnonymousCallers::Permit, None, "GET", "/v1/x"),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn permitting_anonymous_callers_still_checks_presented_identities() {
+        let acl = acl();
+        for anonymous in [AnonymousCallers::Refuse, AnonymousCallers::Permit] {
+            assert_eq!(
+                acl_decision(&acl, anonymous, Some(HUB), "GET", "/v1/x"),
+                Decision::Allow
+            );
+            assert_eq!(
+                acl_decision(&acl, anonymous, Some(HUB), "DELETE", "/v1/x"),
+                Decision::MethodNotAllowed
+            );
+            assert_eq!(
+                acl_decision(&acl, anonymous, Some("spiffe://x/y"), "GET", "/v1/x"),
+                Decision::UnknownPeer
+            );
+        }
+    }
 }

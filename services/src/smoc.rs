@@ -182,7 +182,7 @@ async fn require_jwt(State(smoc): State<Arc<Smoc>>, req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match verifier.verify_header(auth) {
+    match verifier.verify_header(auth).await {
         Ok(caller) => {
             tracing::debug!(subject = ?caller.subject, "query authorized");
             next.run(req).await
@@ -296,19 +296,17 @@ fn router(smoc: Arc<Smoc>) -> Router {
         .with_state(smoc)
 }
 
-/// Starts smoc-service.
-pub async fn start(ctx: ServiceContext) -> Result<Running, ServerError> {
+/// Starts smoc-service. A `jwt` section that names no key source, or two, stops it here, before it
+/// listens; a key set that cannot be loaded yet keeps it unready (`/readyz`) instead.
+pub async fn start(mut ctx: ServiceContext) -> Result<Running, ServerError> {
+    let jwt = match &ctx.config.jwt {
+        Some(j) => Some(Arc::new(JwtVerifier::from_config(j, ctx.metrics.clone())?)),
+        None => None,
+    };
     let store = Store::open(&ctx.paths.data_dir, STORE_FILE)?;
-    let jwt = ctx.config.jwt.as_ref().map(|j| {
-        if j.jwks_url.is_some() && j.jwks_file.is_none() {
-            tracing::warn!("jwt.jwksUrl is not supported yet; set jwt.jwksFile");
-        }
-        Arc::new(JwtVerifier::new(
-            &j.issuer,
-            &j.audience,
-            j.jwks_file.as_ref().map(std::path::PathBuf::from),
-        ))
-    });
+    if let Some(jwt) = &jwt {
+        ctx.readiness_checks.push(jwt.clone());
+    }
     let smoc = Arc::new(Smoc {
         store,
         device_hub_id: ctx
@@ -323,18 +321,11 @@ pub async fn start(ctx: ServiceContext) -> Result<Running, ServerError> {
     }
     let mut running = start_common(&ctx, router(smoc)).await?;
     if let Some(jwt) = jwt {
-        let mut sd = ctx.shutdown.clone();
+        let sd = ctx.shutdown.clone();
         let interval = ctx.poll_interval;
         running.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {
-                        let j = jwt.clone();
-                        let _ = tokio::task::spawn_blocking(move || j.reload()).await;
-                    }
-                    _ = sd.changed() => return Ok(()),
-                }
-            }
+            jwt.run(interval, sd).await;
+            Ok(())
         });
     }
     Ok(running)

@@ -61,6 +61,7 @@ async fn jwt_cases_on_the_query_api() {
         audience: AUDIENCE.into(),
         jwks_file: Some(jwks_path.to_string_lossy().to_string()),
         jwks_url: None,
+        jwks_ca_file: None,
     };
     let smoc = start_smoc(&w.smoc, w.smoc_config(Some(jwt))).await;
     let (_s, hub_client) = client("hub", &w.hub);

@@ -56,6 +56,8 @@ pub enum Error {
     Finalizer { name: String, message: String },
     #[error("object has no namespace or name")]
     MissingMetadata,
+    #[error("the {0} watch cache did not fill within {1:?}; is the API server reachable and the operator allowed to list {0}?")]
+    CacheNotReady(&'static str, std::time::Duration),
 }
 
 impl Error {
@@ -81,6 +83,7 @@ impl Error {
             Error::Status { .. } => "StatusFailed",
             Error::Finalizer { .. } => "FinalizerFailed",
             Error::MissingMetadata => "MissingMetadata",
+            Error::CacheNotReady(..) => "CacheNotReady",
         }
     }
 }
@@ -105,6 +108,17 @@ pub struct Context {
     pub settings: Settings,
     /// `policy/v1` or `policy/v1beta1`, from API discovery.
     pub pdb_api: kube::discovery::ApiResource,
+    pub caches: Caches,
+}
+
+/// Watch caches shared by the reconcilers (filled by the controllers' watch streams, without
+/// managedFields). Reading them instead of listing keeps a reconcile's cost independent of how
+/// many hubs share a namespace.
+#[derive(Clone)]
+pub struct Caches {
+    /// Every NetworkPolicy of the cluster: the ACL verification needs all policies in force.
+    pub policies: kube::runtime::reflector::Store<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    pub acls: kube::runtime::reflector::Store<crate::crd::ServiceACL>,
 }
 
 impl Context {
@@ -115,6 +129,7 @@ impl Context {
         pdb_api: kube::discovery::ApiResource,
         writes_per_second: f64,
         burst: u32,
+        caches: Caches,
     ) -> Self {
         let reporter = Reporter {
             controller: "mpm-operator".into(),
@@ -133,6 +148,7 @@ impl Context {
             limiter: RateLimiter::new(writes_per_second, burst),
             settings,
             pdb_api,
+            caches,
         }
     }
 }

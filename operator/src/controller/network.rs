@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams};
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
 use super::apply::{apply, list_by_name, patch_status, prune};
@@ -60,16 +64,19 @@ pub async fn reconcile(
 ) -> Result<(), Error> {
     let ns = hub_ctx.namespace;
     let acl_api: Api<ServiceACL> = Api::namespaced(ctx.client.clone(), ns);
-    let acls: Vec<ServiceACL> = acl_api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::List {
-            kind: "ServiceACL".into(),
-            source,
-        })?
-        .items
+    wait_for_cache(&ctx.caches.acls, "ServiceACL").await?;
+    wait_for_cache(&ctx.caches.policies, "NetworkPolicy").await?;
+    // The cache is at least as fresh as the event that triggered this reconcile.
+    let acls: Vec<Arc<ServiceACL>> = ctx
+        .caches
+        .acls
+        .state()
         .into_iter()
-        .filter(|a| a.spec.hub_ref.name == hub_ctx.name && a.meta().deletion_timestamp.is_none())
+        .filter(|a| {
+            a.namespace().as_deref() == Some(ns)
+                && a.spec.hub_ref.name == hub_ctx.name
+                && a.meta().deletion_timestamp.is_none()
+        })
         .collect();
     let specs: Vec<ServiceAclSpec> = acls.iter().map(|a| a.spec.clone()).collect();
     let topo = topology(ctx, hub, hub_ctx);
@@ -81,10 +88,13 @@ pub async fn reconcile(
         hub_selector(hub_ctx.name),
         CONTROLLER_LABEL
     );
+    // Listed, not cached: applying needs the live managedFields (foreign-manager check).
+    let live_np = list_by_name(&np_api, "NetworkPolicy", &selector).await?;
+    let mut ours: Vec<NetworkPolicy> = live_np.values().cloned().collect();
     let compile_error = match crate::acl::compile(&topo, &specs) {
         Ok(compiled) => {
-            let live_np = list_by_name(&np_api, "NetworkPolicy", &selector).await?;
             let live_cm = list_by_name(&cm_api, "ConfigMap", &selector).await?;
+            ours.clear();
             let mut keep = Vec::new();
             let mut writes = Vec::new();
             for mut policy in compiled.network_policies() {
@@ -93,8 +103,10 @@ pub async fn reconcile(
                 keep.push(name.clone());
                 let live = live_np.get(&name);
                 let np_api = &np_api;
+                let policy = mark(policy);
+                ours.push(policy.clone());
                 writes.push(futures::future::Either::Left(async move {
-                    apply(ctx, np_api, "NetworkPolicy", mark(policy), live, regarding).await
+                    apply(ctx, np_api, "NetworkPolicy", policy, live, regarding).await
                 }));
             }
             for (service, compiled_service) in &compiled.services {
@@ -137,15 +149,9 @@ pub async fn reconcile(
         Err(e) => Some(e.to_string()),
     };
 
-    // Verify what is really in force: every NetworkPolicy of the namespace, ours or not.
-    let all_policies = np_api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::List {
-            kind: "NetworkPolicy".into(),
-            source,
-        })?
-        .items;
+    // Verify what is really in force: every NetworkPolicy of the namespace, ours or not. Ours are
+    // taken as just applied (the cache may not have caught up with our own writes yet).
+    let all_policies = policies_in_force(&ctx.caches.policies.state(), ns, hub_ctx.name, ours);
     let verification = crate::netpol::verify(&specs, &topo, &all_policies);
     for acl in &acls {
         let generation = acl.meta().generation;
@@ -248,6 +254,47 @@ pub async fn reconcile(
     Ok(())
 }
 
+/// Which hub's network reconcile owns this NetworkPolicy, if any: our managed-by label, the
+/// network controller label and the hub label together.
+pub fn managing_hub(meta: &ObjectMeta) -> Option<&str> {
+    let labels = meta.labels.as_ref()?;
+    let ours = labels.get(names::LABEL_MANAGED_BY).map(String::as_str)
+        == Some(names::FIELD_MANAGER)
+        && labels.get(CONTROLLER_LABEL).map(String::as_str) == Some("network");
+    ours.then(|| labels.get(names::LABEL_HUB).map(String::as_str))
+        .flatten()
+}
+
+/// The NetworkPolicies in force in `namespace` once `hub`'s own policies are `ours`: every cached
+/// policy of the namespace except the cached copies of the hub's own.
+pub fn policies_in_force(
+    cached: &[Arc<NetworkPolicy>],
+    namespace: &str,
+    hub: &str,
+    ours: Vec<NetworkPolicy>,
+) -> Vec<NetworkPolicy> {
+    cached
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| managing_hub(&p.metadata) != Some(hub))
+        .map(|p| p.as_ref().clone())
+        .chain(ours)
+        .collect()
+}
+
+async fn wait_for_cache<K>(store: &Store<K>, kind: &'static str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    match tokio::time::timeout(CACHE_WAIT, store.wait_until_ready()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Error::CacheNotReady(kind, CACHE_WAIT)),
+    }
+}
+
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn cond(type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
     let status = if ok {
         ConditionStatus::True
@@ -297,4 +344,74 @@ pub async fn report_missing_hub(ctx: &Context, acl: &ServiceACL) -> Result<(), E
     let api: Api<ServiceACL> = Api::namespaced(ctx.client.clone(), &ns);
     patch_status(ctx, &api, "ServiceACL", &acl.name_any(), &status).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(ns: &str, name: &str, labels: &[(&str, &str)]) -> NetworkPolicy {
+        NetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..NetworkPolicy::default()
+        }
+    }
+
+    fn managed(ns: &str, name: &str, hub: &str) -> NetworkPolicy {
+        policy(
+            ns,
+            name,
+            &[
+                (names::LABEL_HUB, hub),
+                (names::LABEL_MANAGED_BY, names::FIELD_MANAGER),
+                (CONTROLLER_LABEL, "network"),
+            ],
+        )
+    }
+
+    #[test]
+    fn only_our_network_policies_name_a_managing_hub() {
+        assert_eq!(managing_hub(&managed("a", "p", "h1").metadata), Some("h1"));
+        // Hand-written, even with our hub label: every hub of the namespace must re-verify.
+        let forged = policy("a", "p", &[(names::LABEL_HUB, "h1")]);
+        assert_eq!(managing_hub(&forged.metadata), None);
+        let other_controller = policy(
+            "a",
+            "p",
+            &[
+                (names::LABEL_HUB, "h1"),
+                (names::LABEL_MANAGED_BY, names::FIELD_MANAGER),
+                (CONTROLLER_LABEL, "devicehub"),
+            ],
+        );
+        assert_eq!(managing_hub(&other_controller.metadata), None);
+        assert_eq!(managing_hub(&ObjectMeta::default()), None);
+    }
+
+    #[test]
+    fn policies_in_force_replace_the_cached_copies_of_our_own() {
+        let cached: Vec<Arc<NetworkPolicy>> = vec![
+            Arc::new(managed("a", "h1-old", "h1")),
+            Arc::new(managed("a", "h2-deny", "h2")),
+            Arc::new(policy("a", "allow-all", &[])),
+            Arc::new(policy("b", "elsewhere", &[])),
+        ];
+        let ours = vec![managed("a", "h1-new", "h1")];
+        let mut names: Vec<String> = policies_in_force(&cached, "a", "h1", ours)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["allow-all", "h1-new", "h2-deny"]);
+    }
 }

@@ -188,10 +188,13 @@ pub struct JwtSpec {
     pub issuer: String,
     /// Expected `aud` claim.
     pub audience: String,
-    /// A ConfigMap in the hub's namespace holding the JWKS (key `jwks.json`).
+    /// A ConfigMap in the hub's namespace holding the JWKS (key `jwks.json`). Exactly one of
+    /// `jwksConfigMap` and `jwksUrl` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_config_map: Option<String>,
-    /// A URL serving the JWKS, used when no ConfigMap is given.
+    /// An `https://` URL serving the JWKS (the identity provider's certificate must chain to a
+    /// public root CA); refreshed every 5 minutes and on an unknown key id. smoc-service needs a
+    /// ServiceACL egress rule to reach it. Exactly one of `jwksConfigMap` and `jwksUrl` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
 }

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use regex::Regex;
 
 use crate::crd::device_hub::{
-    DeviceHubSpec, ServiceSpec, StorageSpec, DEFAULT_IMAGE, DEFAULT_SERVICES,
+    DeviceHubSpec, JwtSpec, ServiceSpec, StorageSpec, DEFAULT_IMAGE, DEFAULT_SERVICES,
 };
 
 /// One problem in a spec, naming the field (`spec.services[1].image`).
@@ -74,6 +74,53 @@ pub struct ResolvedService {
     pub storage: Option<StorageSpec>,
 }
 
+/// smoc-service takes its JWT keys from exactly one source and fetches a URL only over HTTPS
+/// (a token key set is not something to accept from a network attacker).
+pub fn validate_jwt(jwt: &JwtSpec) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    match (&jwt.jwks_config_map, &jwt.jwks_url) {
+        (Some(_), Some(_)) => errors.push(SpecError::new(
+            "spec.jwt",
+            "set exactly one of jwksConfigMap and jwksUrl, not both",
+        )),
+        (None, None) => errors.push(SpecError::new(
+            "spec.jwt",
+            "set exactly one of jwksConfigMap and jwksUrl",
+        )),
+        (Some(cm), None) if !valid_dns_subdomain(cm) => errors.push(SpecError::new(
+            "spec.jwt.jwksConfigMap",
+            format!("{cm:?} is not a valid ConfigMap name"),
+        )),
+        (None, Some(url)) if !valid_https_url(url) => errors.push(SpecError::new(
+            "spec.jwt.jwksUrl",
+            format!("{url:?} is not an https:// URL with a host"),
+        )),
+        _ => {}
+    }
+    for (field, value) in [("issuer", &jwt.issuer), ("audience", &jwt.audience)] {
+        if value.trim().is_empty() {
+            errors.push(SpecError::new(
+                format!("spec.jwt.{field}"),
+                "must not be empty",
+            ));
+        }
+    }
+    errors
+}
+
+fn valid_dns_subdomain(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_dns_label)
+}
+
+fn valid_https_url(url: &str) -> bool {
+    url.strip_prefix("https://")
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .is_some_and(|authority| {
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            !host.is_empty() && !host.starts_with(':') && !host.contains(char::is_whitespace)
+        })
+}
+
 /// Every service the hub runs, in a stable order (built-ins first, then the user's in spec order).
 pub fn resolve_services(
     hub_name: &str,
@@ -102,6 +149,10 @@ pub fn resolve_services(
             "spec.trustDomain",
             format!("{:?} is not a valid SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')", spec.trust_domain),
         ));
+    }
+
+    if let Some(jwt) = &spec.jwt {
+        errors.extend(validate_jwt(jwt));
     }
 
     let default_image = spec
@@ -302,6 +353,58 @@ mod tests {
             port: 8443,
             ..ServiceSpec::default()
         }
+    }
+
+    fn jwt(config_map: Option<&str>, url: Option<&str>) -> JwtSpec {
+        JwtSpec {
+            issuer: "https://idp.example/realms/mpm".into(),
+            audience: "smoc".into(),
+            jwks_config_map: config_map.map(Into::into),
+            jwks_url: url.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn jwt_needs_exactly_one_https_key_source() {
+        assert!(validate_jwt(&jwt(Some("jwks"), None)).is_empty());
+        assert!(validate_jwt(&jwt(None, Some("https://idp.example/certs"))).is_empty());
+        assert!(
+            validate_jwt(&jwt(None, Some("https://user@idp.example:8443/certs?x=1"))).is_empty()
+        );
+        let fields = |j: JwtSpec| {
+            validate_jwt(&j)
+                .into_iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            fields(jwt(Some("jwks"), Some("https://idp/x"))),
+            ["spec.jwt"]
+        );
+        assert_eq!(fields(jwt(None, None)), ["spec.jwt"]);
+        assert_eq!(
+            fields(jwt(None, Some("http://idp/x"))),
+            ["spec.jwt.jwksUrl"]
+        );
+        assert_eq!(fields(jwt(None, Some("https:///x"))), ["spec.jwt.jwksUrl"]);
+        assert_eq!(
+            fields(jwt(Some("Bad_Name"), None)),
+            ["spec.jwt.jwksConfigMap"]
+        );
+        let mut empty = jwt(Some("jwks"), None);
+        empty.audience = " ".into();
+        assert_eq!(fields(empty), ["spec.jwt.audience"]);
+    }
+
+    #[test]
+    fn a_bad_jwt_section_makes_the_spec_invalid() {
+        let mut s = spec(vec![]);
+        s.jwt = Some(jwt(Some("jwks"), Some("https://idp/x")));
+        let errors = resolve_services("demo", &s).unwrap_err();
+        assert!(
+            describe(&errors).contains("spec.jwt: set exactly one"),
+            "{errors:?}"
+        );
     }
 
     #[test]

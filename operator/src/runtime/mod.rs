@@ -1,5 +1,6 @@
 //! Process runtime of the operator: metrics, health endpoints, leader election, API write limits.
 
+pub mod api_client;
 pub mod http;
 pub mod leader;
 pub mod metrics;
