@@ -4,7 +4,10 @@
 //! of the Meter CRD that no controller watches (the ceiling is the best of 16 and 64 in flight),
 //! and, for reference, on N ConfigMaps. Plus the operator leader's memory at N Meters.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use anyhow::bail;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -12,6 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use mpm_e2e::condition;
 use mpm_operator::crd::{DeviceHub, Meter, MeterPhase};
@@ -103,6 +107,9 @@ async fn measure(
     // Operator: create N Meters with the same concurrency; poll (paged lists) until all Provisioned.
     let meters: Api<Meter> = Api::namespaced(client.clone(), ns);
     let writes_before = mpm_e2e::operator_writes(client).await?;
+    // Progress comes from a watch, not from polling lists: listing 10,000 Meters every second
+    // would cost the API server more than the operator's own writes.
+    let (counter, mut progress) = count_provisioned(meters.clone());
     let start = Instant::now();
     let (create_time, errors) = run_concurrent(count, CONCURRENCY, |i| {
         let meters = meters.clone();
@@ -122,7 +129,7 @@ async fn measure(
     let timeout = Duration::from_secs(120) + Duration::from_millis(100) * count as u32;
     let mut last_report = Instant::now();
     let provision_time = loop {
-        let provisioned = count_provisioned(&meters).await?;
+        let provisioned = *progress.borrow_and_update();
         if provisioned >= count {
             break start.elapsed();
         }
@@ -136,8 +143,9 @@ async fn measure(
             );
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), progress.changed()).await;
     };
+    counter.abort();
     let op_rate = count as f64 / provision_time.as_secs_f64();
     let ratio = op_rate / raw_rate;
     let operator_writes = mpm_e2e::operator_writes(client)
@@ -309,23 +317,33 @@ async fn raw_status_patches(
     result
 }
 
-async fn count_provisioned(meters: &Api<Meter>) -> anyhow::Result<usize> {
-    let mut n = 0;
-    let mut lp = ListParams::default().limit(1000);
-    loop {
-        let page = meters.list(&lp).await?;
-        n += page
-            .items
-            .iter()
-            .filter(|m| {
-                m.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == MeterPhase::Provisioned)
-            })
-            .count();
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => lp = lp.continue_token(&token),
-            _ => return Ok(n),
+/// Watches the Meters and publishes how many are Provisioned.
+fn count_provisioned(
+    meters: Api<Meter>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<usize>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let task = tokio::spawn(async move {
+        let mut provisioned = HashSet::new();
+        let mut events = watcher(meters, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(event) = events.next().await {
+            let Ok(meter) = event else { continue };
+            let done = meter
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == MeterPhase::Provisioned);
+            if done {
+                provisioned.insert(meter.name_any());
+            } else {
+                provisioned.remove(&meter.name_any());
+            }
+            tx.send_replace(provisioned.len());
         }
-    }
+    });
+    (task, rx)
 }
