@@ -1,6 +1,7 @@
 //! Meters end to end against a real cluster with the operator installed: 100 Meters provisioned and
 //! deprovisioned (finalizers ran), then Meters created while device-hub is scaled to zero wait and
-//! provision themselves once it is back, without duplicated device ids.
+//! provision themselves once it is back, without duplicated device ids; finally the hub is deleted,
+//! its Meters report `HubNotFound` at once and can still be deleted.
 //!
 //! Runs only with `MPM_E2E=1` (and `KUBECONFIG`); otherwise it prints why it skips and passes.
 //! The objects are handled as JSON (dynamic objects) so that this test depends on the CRDs' wire
@@ -328,6 +329,28 @@ async fn scenario(client: &Client, ns: &str) -> anyhow::Result<()> {
         .collect();
     assert_eq!(serials.len(), 10);
 
+    // The hub deleted: its Meters say so promptly (the periodic resync is 10 minutes away), and
+    // deleting them afterwards is not blocked by a device-hub that no longer exists.
+    hubs(client, ns)
+        .delete(HUB, &DeleteParams::default())
+        .await
+        .context("deleting the hub")?;
+    wait_for(
+        "10 Meters report HubNotFound",
+        Duration::from_secs(90),
+        || async {
+            let items = list(client, ns, "outage").await?;
+            let not_found = items
+                .iter()
+                .filter(|m| {
+                    condition(&status_of(m), "Ready")
+                        .is_some_and(|(s, r, _)| s == "False" && r == "HubNotFound")
+                })
+                .count();
+            Ok((not_found == 10).then_some(()))
+        },
+    )
+    .await?;
     delete_all_and_wait(client, ns, "outage", Duration::from_secs(300)).await?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::EventType;
@@ -161,6 +161,29 @@ impl HubEpochs {
             })
             .unwrap_or(0)
     }
+}
+
+/// A deleted hub arrives as the last state it had; marking it as being deleted lets `hub_check`
+/// see it as gone (the reflector has already dropped it from the cache).
+fn mark_deleted(event: watcher::Event<DeviceHub>) -> watcher::Event<DeviceHub> {
+    match event {
+        watcher::Event::Delete(mut hub) => {
+            hub.meta_mut().deletion_timestamp.get_or_insert_with(|| {
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                )
+            });
+            watcher::Event::Delete(hub)
+        }
+        other => other,
+    }
+}
+
+/// Whether a hub event wakes the hub's Meters: when the hub becomes usable (Meters waiting for
+/// it, or to re-assert after device-hub lost data) and when it is gone. Not when it merely turns
+/// not ready: Meters find that out when they next need device-hub, without 10,000 status writes.
+pub fn wakes_meters(became_usable: bool, check: &HubCheck) -> bool {
+    became_usable || matches!(check, HubCheck::NotFound { .. })
 }
 
 /// Where a hub's device-hub is: `Ok(None)` when the hub does not run device-hub.
@@ -371,12 +394,13 @@ pub async fn run<F>(
     let hubs: Api<DeviceHub> = Api::all(client.clone());
 
     // DeviceHubs are few: a reflector answers "does it exist, is it ready, where is device-hub";
-    // its stream also wakes the Meters of a hub that becomes usable (see `mapper`).
+    // its stream also wakes the Meters of a hub that becomes usable or goes away (see `mapper`).
     let (hub_store, hub_writer) = reflector::store::<DeviceHub>();
     let hub_stream = watcher(hubs, watcher::Config::default())
         .default_backoff()
         .modify(crate::run::strip_managed_fields)
         .reflect(hub_writer)
+        .map_ok(mark_deleted)
         .touched_objects();
 
     let concurrency = concurrency
@@ -408,13 +432,15 @@ pub async fn run<F>(
         errors: Mutex::new(HashMap::new()),
     });
 
-    // A hub that becomes usable wakes its Meters (those waiting, and those to re-assert).
+    // A hub that becomes usable wakes its Meters (those waiting, and those to re-assert); a hub
+    // that is deleted wakes them so that they report HubNotFound now rather than at the resync.
     let mapper = move |hub: DeviceHub| {
         let (Some(ns), name) = (hub.namespace(), hub.name_any()) else {
             return Vec::new();
         };
         let (check, _) = hub_check(Some(&hub), &ns, &name);
-        if !epochs.observe(&ns, &name, check == HubCheck::Ready) {
+        let became_usable = epochs.observe(&ns, &name, check == HubCheck::Ready);
+        if !wakes_meters(became_usable, &check) {
             return Vec::new();
         }
         let refs: Vec<ObjectRef<Meter>> = meter_store
@@ -425,7 +451,12 @@ pub async fn run<F>(
             })
             .map(|m| ObjectRef::from_obj(m.as_ref()))
             .collect();
-        info!(hub = %name, namespace = %ns, meters = refs.len(), "DeviceHub became ready; reconciling its Meters");
+        let why = if became_usable {
+            "became ready"
+        } else {
+            "is gone"
+        };
+        info!(hub = %name, namespace = %ns, meters = refs.len(), "DeviceHub {why}; reconciling its Meters");
         refs
     };
 
@@ -881,6 +912,30 @@ mod tests {
             hub_check(Some(&deleting), "park", "demo").0,
             HubCheck::NotFound { .. }
         ));
+    }
+
+    #[test]
+    fn a_deleted_hub_wakes_its_meters_a_not_ready_one_does_not() {
+        let hub: DeviceHub = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
+            "metadata": {"name": "h", "namespace": "ns"}, "spec": {}
+        }))
+        .unwrap();
+        let watcher::Event::Delete(gone) = mark_deleted(watcher::Event::Delete(hub.clone())) else {
+            panic!("a Delete event stays a Delete event");
+        };
+        let (check, target) = hub_check(Some(&gone), "ns", "h");
+        assert!(matches!(check, HubCheck::NotFound { .. }), "{check:?}");
+        assert!(target.is_none());
+        assert!(wakes_meters(false, &check));
+        let watcher::Event::Apply(seen) = mark_deleted(watcher::Event::Apply(hub)) else {
+            panic!("an Apply event stays an Apply event");
+        };
+        assert!(seen.meta().deletion_timestamp.is_none());
+        let (not_ready, _) = hub_check(Some(&seen), "ns", "h");
+        assert!(!matches!(not_ready, HubCheck::NotFound { .. }));
+        assert!(!wakes_meters(false, &not_ready));
+        assert!(wakes_meters(true, &not_ready));
     }
 
     #[test]
