@@ -170,14 +170,8 @@ async fn run_controllers<F>(
     // Secrets and Deployments are never decoded or held in memory.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
     let (hub_store, hub_writer) = reflector::store::<DeviceHub>();
-    let hub_stream = watcher(
-        Api::<DeviceHub>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(strip_managed_fields)
-    .reflect(hub_writer)
-    .applied_objects();
+    let hub_stream =
+        cached_watch(Api::<DeviceHub>::all(client.clone()), hub_writer).applied_objects();
     let config = kube::runtime::controller::Config::default().concurrency(concurrency);
     let hub_controller = Controller::for_stream(hub_stream, hub_store.clone())
         .with_config(config.clone())
@@ -198,14 +192,8 @@ async fn run_controllers<F>(
         // A hub's own NetworkPolicy re-verifies that hub; any other policy (another hub's or
         // hand-written) may change what is in force, so it re-verifies every hub of its namespace.
         .watches_stream(
-            watcher(
-                Api::<NetworkPolicy>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .modify(strip_managed_fields)
-            .reflect(writers.policies)
-            .touched_objects(),
+            cached_watch(Api::<NetworkPolicy>::all(client.clone()), writers.policies)
+                .touched_objects(),
             move |np: NetworkPolicy| {
                 let ns = np.namespace();
                 if let (Some(hub), Some(ns)) = (network::managing_hub(&np.metadata), &ns) {
@@ -220,14 +208,7 @@ async fn run_controllers<F>(
             },
         )
         .watches_stream(
-            watcher(
-                Api::<ServiceACL>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .modify(strip_managed_fields)
-            .reflect(writers.acls)
-            .touched_objects(),
+            cached_watch(Api::<ServiceACL>::all(client.clone()), writers.acls).touched_objects(),
             |acl: ServiceACL| {
                 acl.namespace()
                     .map(|ns| ObjectRef::<DeviceHub>::new(&acl.spec.hub_ref.name).within(&ns))
@@ -308,9 +289,25 @@ where
     .touched_objects()
 }
 
-/// Cached objects do not need managedFields, often the largest part of their metadata.
-pub(crate) fn strip_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// The watch of every `K` that fills `writer`'s cache. Cached objects are stored without
+/// managedFields, often the largest part of their metadata, which no reader of a cache needs.
+pub(crate) fn cached_watch<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
+        .reflect(writer)
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(
