@@ -357,36 +357,28 @@ impl MtlsClient {
         headers: &[(String, String)],
     ) -> Result<PeerResponse, ClientError> {
         let addr = format!("{}:{}", target.host, target.port);
-        let tcp = tokio::time::timeout(self.policy.connect_timeout, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| ClientError::Timeout(addr.clone()))?
-            .map_err(|e| ClientError::Connect {
+        let mut conn = open_https(
+            &target.host,
+            target.port,
+            target.tls.clone(),
+            Some(self.policy.connect_timeout),
+        )
+        .await
+        .map_err(|e| match e {
+            OpenError::ConnectTimeout => ClientError::Timeout(addr.clone()),
+            OpenError::Connect(reason) => ClientError::Connect {
                 addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let server_name =
-            ServerName::try_from(target.host.clone()).map_err(|e| ClientError::Tls {
+                reason,
+            },
+            OpenError::Tls(reason) => ClientError::Tls {
                 addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        let tls = tokio_rustls::TlsConnector::from(target.tls.clone())
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| ClientError::Tls {
+                reason,
+            },
+            OpenError::Http(reason) => ClientError::Http {
                 addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        let (mut sender, conn) =
-            http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| ClientError::Http {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
-        let conn_task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+                reason,
+            },
+        })?;
         let uri = format!("{}{}", target.base_path, path);
         let has_body = body.is_some();
         let mut req = http::Request::builder()
@@ -406,7 +398,8 @@ impl MtlsClient {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
-        let resp = sender
+        let resp = conn
+            .sender
             .send_request(req)
             .await
             .map_err(|e| ClientError::Http {
@@ -424,10 +417,68 @@ impl MtlsClient {
             })?
             .to_bytes()
             .to_vec();
-        conn_task.abort();
         tracing::debug!(peer = peer_name, status, "outgoing call answered");
         Ok(PeerResponse { status, body })
     }
+}
+
+/// One HTTP/1.1 connection over TLS. Its driver task ends with it: dropping the connection
+/// aborts the task.
+pub struct HttpsConn<B> {
+    pub sender: http1::SendRequest<B>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl<B> Drop for HttpsConn<B> {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The step at which opening a connection failed; callers name the peer in their own errors.
+#[derive(Debug)]
+pub enum OpenError {
+    ConnectTimeout,
+    Connect(String),
+    Tls(String),
+    Http(String),
+}
+
+/// TCP connect (bounded by `connect_timeout` when given), TLS handshake with `tls` (the server
+/// name is `host`; how it is verified is `tls`'s business) and the HTTP/1.1 handshake.
+pub async fn open_https<B>(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Option<Duration>,
+) -> Result<HttpsConn<B>, OpenError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connect = TcpStream::connect((host, port));
+    let tcp = match connect_timeout {
+        Some(limit) => tokio::time::timeout(limit, connect)
+            .await
+            .map_err(|_| OpenError::ConnectTimeout)?,
+        None => connect.await,
+    }
+    .map_err(|e| OpenError::Connect(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let server_name =
+        ServerName::try_from(host.to_string()).map_err(|e| OpenError::Tls(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| OpenError::Tls(e.to_string()))?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| OpenError::Http(e.to_string()))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(HttpsConn { sender, driver })
 }
 
 #[cfg(test)]

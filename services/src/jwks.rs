@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::client::{open_https, OpenError};
 
 /// Largest JWKS body accepted. A realm's key set is a few KiB; the cap keeps a misbehaving or
 /// hostile endpoint from making us buffer without bound. contract: config.json, `jwt`.
@@ -294,32 +294,29 @@ impl JwksFetcher {
 
     async fn get(&self) -> Result<Bytes, JwksError> {
         let authority = self.url.authority();
-        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
-            .await
-            .map_err(|e| JwksError::Connect {
-                authority: authority.clone(),
-                reason: e.to_string(),
-            })?;
-        let tls_err = |reason: String| JwksError::Tls {
-            authority: authority.clone(),
-            reason,
-        };
-        let name =
-            ServerName::try_from(self.url.host.clone()).map_err(|e| tls_err(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| tls_err(e.to_string()))?;
         let http_err = |e: &dyn std::fmt::Display| JwksError::Http {
             authority: authority.clone(),
             reason: e.to_string(),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        // The whole fetch is bounded by `fetch`'s timeout, so no separate connect timeout.
+        let mut conn = open_https(&self.url.host, self.url.port, self.tls.clone(), None)
             .await
-            .map_err(|e| http_err(&e))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            .map_err(|e| match e {
+                OpenError::Connect(reason) => JwksError::Connect {
+                    authority: authority.clone(),
+                    reason,
+                },
+                // Not asked for (no connect timeout given); named for completeness.
+                OpenError::ConnectTimeout => JwksError::Connect {
+                    authority: authority.clone(),
+                    reason: "timed out".into(),
+                },
+                OpenError::Tls(reason) => JwksError::Tls {
+                    authority: authority.clone(),
+                    reason,
+                },
+                OpenError::Http(reason) => http_err(&reason),
+            })?;
         let req = http::Request::get(self.url.path_and_query.as_str())
             .header(http::header::HOST, &authority)
             .header(
@@ -330,8 +327,13 @@ impl JwksFetcher {
             .header(http::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| http_err(&e))?;
-        let result = async {
-            let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
+        // `conn` is dropped when this returns, which stops its driver task.
+        async {
+            let resp = conn
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| http_err(&e))?;
             let status = resp.status().as_u16();
             if status != 200 {
                 return Err(JwksError::Status {
@@ -358,9 +360,7 @@ impl JwksFetcher {
                 Err(e) => Err(http_err(&e)),
             }
         }
-        .await;
-        driver.abort();
-        result
+        .await
     }
 }
 
