@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::{stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::Client;
 use mpm_e2e::OPERATOR_NAMESPACE;
@@ -281,6 +281,36 @@ where
         eprintln!("  {} of {n} operations failed; first: {e:#}", errors.len());
     }
     (elapsed, errors.len())
+}
+
+/// Waits until no namespace is being deleted: a namespace of an earlier run that still deletes
+/// thousands of objects (with finalizers the operator runs) would load the API server and the
+/// operator during the measurement.
+pub async fn wait_for_quiet_namespaces(client: &Client) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let terminating = || async {
+        Ok::<Vec<String>, anyhow::Error>(
+            namespaces
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|n| n.metadata.deletion_timestamp.is_some())
+                .filter_map(|n| n.metadata.name)
+                .collect(),
+        )
+    };
+    let now = terminating().await?;
+    if now.is_empty() {
+        return Ok(());
+    }
+    eprintln!("  waiting for namespaces being deleted: {}", now.join(", "));
+    mpm_e2e::wait_for(
+        "namespaces of earlier runs to be deleted",
+        Duration::from_secs(900),
+        || async { Ok(terminating().await?.is_empty().then_some(())) },
+    )
+    .await
 }
 
 /// Creates a namespace labelled for cleanup.

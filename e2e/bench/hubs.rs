@@ -119,6 +119,7 @@ impl Apis {
 }
 
 pub async fn run(client: &Client) -> anyhow::Result<Vec<Row>> {
+    common::wait_for_quiet_namespaces(client).await?;
     let ns = common::namespace(client, "mpm-bench-hubs").await?;
     let result = measure(client, &ns.name).await;
     ns.delete().await;

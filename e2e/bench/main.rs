@@ -12,6 +12,7 @@ mod common;
 mod hubs;
 mod meters;
 mod netpol;
+mod pause;
 mod renewals;
 mod services;
 mod tls;

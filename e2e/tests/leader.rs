@@ -1,5 +1,6 @@
 //! Leader election: of the operator's two replicas one holds the Lease; when it dies, the other
-//! takes over within the lease duration and reconciles (its own test binary: it kills the leader).
+//! takes over within the lease duration and reconciles; when it stops gracefully, it releases the
+//! Lease and a standby takes over at once (its own test binary: it kills the leader).
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     let (leader, duration) = holder(leases.get("mpm-operator-leader").await?)
         .ok_or_else(|| anyhow::anyhow!("no leader"))?;
 
+    // Deleted without a grace period: the process gets SIGTERM and at once SIGKILL, so it may or
+    // may not release the Lease; either way a standby must lead within the bound below.
     let killed = Instant::now();
     pods.delete(
         &leader,
@@ -48,7 +51,10 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     .await?;
     let new_leader = wait_for("a new leader", Duration::from_secs(90), || async {
         let lease = leases.get("mpm-operator-leader").await?;
-        Ok(holder(lease).map(|h| h.0).filter(|h| h != &leader))
+        // An empty holder is a released Lease, not a leader.
+        Ok(holder(lease)
+            .map(|h| h.0)
+            .filter(|h| !h.is_empty() && h != &leader))
     })
     .await?;
     let takeover = killed.elapsed();
@@ -89,5 +95,31 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     }
     .await;
     ns.delete().await;
-    result
+    result?;
+
+    // A graceful stop (rolling upgrade, drain) hands the Lease over: the stopping leader releases
+    // it, so a standby takes over at its next attempt (every lease/3) instead of waiting for the
+    // lease to expire (at least lease - lease/3 after the last renewal).
+    let stopped = Instant::now();
+    pods.delete(&new_leader, &DeleteParams::default()).await?;
+    let successor = wait_for(
+        "a leader after the graceful stop",
+        Duration::from_secs(90),
+        || async {
+            let lease = leases.get("mpm-operator-leader").await?;
+            Ok(holder(lease)
+                .map(|h| h.0)
+                .filter(|h| !h.is_empty() && h != &new_leader))
+        },
+    )
+    .await?;
+    let handover = stopped.elapsed();
+    println!("leader {new_leader} stopped gracefully; {successor} took over after {handover:?}");
+    let expiry_bound = Duration::from_secs(u64::try_from(duration).unwrap_or(15)) * 3 / 5;
+    anyhow::ensure!(
+        handover < expiry_bound,
+        "handover took {handover:?}: the stopping leader did not release the Lease (a {duration}s \
+         lease expires no sooner than {expiry_bound:?} after the stop)"
+    );
+    Ok(())
 }

@@ -1,4 +1,5 @@
-//! Meters end to end against a real cluster with the operator installed: 100 Meters provisioned and
+//! Meters end to end against a real cluster with the operator installed: 100 Meters created with
+//! their finalizer already added by the operator's admission webhook, provisioned and
 //! deprovisioned (finalizers ran), then Meters created while device-hub is scaled to zero wait and
 //! provision themselves once it is back, without duplicated device ids; finally the hub is deleted,
 //! its Meters report `HubNotFound` at once and can still be deleted.
@@ -129,9 +130,18 @@ async fn create_meters(
     for i in 0..count {
         let name = format!("{prefix}-{i:04}");
         let serial = format!("E2E-{}-{i:04}", prefix.to_uppercase());
-        api.create(&PostParams::default(), &meter(ns, &name, &serial)?)
+        let created = api
+            .create(&PostParams::default(), &meter(ns, &name, &serial)?)
             .await
             .with_context(|| format!("creating Meter {ns}/{name}"))?;
+        // The operator's admission webhook adds the finalizer in the create itself, so the
+        // controller does not spend a write on it.
+        anyhow::ensure!(
+            created.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER),
+            "Meter {ns}/{name} was created without {FINALIZER}: the admission webhook did not answer \
+             (finalizers {:?})",
+            created.metadata.finalizers
+        );
         names.push(name);
     }
     Ok(names)

@@ -4,6 +4,7 @@
 //! builders, `pki`, `acl`, `netpol`) never touch the API server; `controller` does the I/O.
 
 pub mod acl;
+pub mod admission;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -17,8 +17,9 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::admission::{self, WebhookSettings};
 use crate::controller::{self, device_hub, network, Caches, Context, Error, Settings};
 use crate::crd::{DeviceHub, ServiceACL};
 use crate::resources::names::{FIELD_MANAGER, LABEL_MANAGED_BY};
@@ -61,6 +62,19 @@ pub struct RunArgs {
         default_value = "app.kubernetes.io/name=mpm-operator"
     )]
     pub pod_labels: String,
+    /// Address of the Meter admission webhook (HTTPS); unset, no webhook is served and the Meter
+    /// controller adds finalizers itself.
+    #[arg(long, env = "MPM_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+    /// Service in front of the webhook; its DNS names go into the serving certificate.
+    #[arg(long, default_value = "mpm-operator-webhook")]
+    pub webhook_service: String,
+    /// Secret (in the operator's namespace) holding the webhook's CA and serving certificate.
+    #[arg(long, default_value = "mpm-operator-webhook-tls")]
+    pub webhook_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps up to date.
+    #[arg(long, default_value = "mpm-operator")]
+    pub webhook_configuration: String,
     /// Periodic reconcile of every object even without changes, in seconds.
     #[arg(long, default_value_t = 600)]
     pub resync_seconds: u64,
@@ -91,6 +105,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.clone(),
         shutdown(),
     ));
+
+    // Every replica serves the webhook, leader or standby.
+    let webhook = args.webhook_addr.map(|addr| {
+        tokio::spawn(admission::run(
+            client.clone(),
+            WebhookSettings {
+                addr,
+                namespace: args.namespace.clone(),
+                service: args.webhook_service.clone(),
+                secret: args.webhook_secret.clone(),
+                configuration: args.webhook_configuration.clone(),
+            },
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    });
 
     let identity = args
         .identity
@@ -146,13 +176,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown,
     );
     tokio::select! {
-        _ = controllers => info!("controllers stopped"),
+        _ = controllers => {
+            info!("controllers stopped");
+            if args.leader_elect {
+                // Hand over now instead of letting the standby wait for the lease to expire.
+                elector.release().await;
+            }
+        }
         _ = async { if args.leader_elect { elector.hold().await } else { futures::future::pending().await } } => {
             error!("lost leadership; exiting so that a fresh process can stand by");
             std::process::exit(1);
         }
     }
     let _ = server.await;
+    if let Some(webhook) = webhook {
+        let _ = webhook.await;
+    }
     Ok(())
 }
 
@@ -221,8 +260,15 @@ async fn run_controllers<F>(
             ctx.clone(),
         )
         .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "DeviceHub controller");
+            use kube::runtime::controller::Error as ControllerError;
+            match res {
+                // Expected: an owned object changed after its hub was deleted.
+                Err(ControllerError::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "event for a DeviceHub that is gone")
+                }
+                // Already logged and counted by `error_policy`.
+                Err(ControllerError::ReconcilerFailed(..)) | Ok(_) => {}
+                Err(e) => warn!(error = %e, "DeviceHub controller"),
             }
         });
 

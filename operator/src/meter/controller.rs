@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use super::hub_client::{
     ClientSettings, HubClients, HubError, HubTarget, MeterPayload, DEVICE_HUB,
 };
+use super::index::SerialIndex;
 use super::state::{self, backoff, reason, HubCheck, HubResponse, Input, Requeue, Transition};
 use crate::controller::Context;
 use crate::crd::condition::{find, ConditionStatus};
@@ -281,17 +282,44 @@ pub fn is_earlier(a: &Meter, b: &Meter) -> bool {
 
 /// Same namespace, same hub, same serial, different object.
 pub fn same_serial(a: &Meter, b: &Meter) -> bool {
-    a.namespace() == b.namespace()
+    a.spec.serial_number == b.spec.serial_number
         && a.spec.hub_ref.name == b.spec.hub_ref.name
-        && a.spec.serial_number == b.spec.serial_number
-        && a.uid() != b.uid()
+        && a.metadata.namespace == b.metadata.namespace
+        && a.metadata.uid != b.metadata.uid
 }
 
-/// Name of an earlier Meter holding the same hub and serial (also while it is being deleted: its
-/// finalizer may still deprovision the serial).
-pub fn earlier_duplicate(store: &Store<Meter>, meter: &Meter) -> Option<String> {
-    store
-        .find(|m| same_serial(m, meter) && is_earlier(m, meter))
+/// The cached Meters the index names as holders of `serial` in the Meter's hub.
+fn holders(
+    store: &Store<Meter>,
+    serials: &SerialIndex,
+    meter: &Meter,
+    serial: &str,
+) -> Vec<Arc<Meter>> {
+    let namespace = meter.metadata.namespace.as_deref().unwrap_or_default();
+    serials
+        .holders(namespace, &meter.spec.hub_ref.name, serial)
+        .iter()
+        .filter_map(|r| store.get(r))
+        .collect()
+}
+
+/// Name of the earliest Meter holding the same hub and serial before this one (also while it is
+/// being deleted: its finalizer may still deprovision the serial).
+pub fn earlier_duplicate(
+    store: &Store<Meter>,
+    serials: &SerialIndex,
+    meter: &Meter,
+) -> Option<String> {
+    holders(store, serials, meter, &meter.spec.serial_number)
+        .into_iter()
+        .filter(|m| same_serial(m, meter) && is_earlier(m, meter))
+        .min_by(|a, b| {
+            if is_earlier(a, b) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        })
         .map(|m| m.name_any())
 }
 
@@ -325,6 +353,7 @@ struct Confirmation {
 pub struct MeterContext {
     pub ctx: Arc<Context>,
     meters: Store<Meter>,
+    serials: Arc<SerialIndex>,
     hubs: Store<DeviceHub>,
     clients: HubClients,
     epochs: Arc<HubEpochs>,
@@ -407,7 +436,13 @@ pub async fn run<F>(
     // Every Meter is cached (10,000 in a large park), without managedFields: each Meter has three
     // managers (the user, the finalizer, the status).
     let (meter_store, meter_writer) = reflector::store::<Meter>();
-    let meter_stream = crate::run::cached_watch(meters, meter_writer).applied_objects();
+    let serials = Arc::new(SerialIndex::default());
+    let meter_stream = {
+        let serials = serials.clone();
+        crate::run::cached_watch(meters, meter_writer)
+            .inspect_ok(move |event| serials.apply(event))
+            .applied_objects()
+    };
     let controller = Controller::for_stream(meter_stream, meter_store.clone())
         .with_config(Config::default().concurrency(concurrency));
     let epochs = Arc::new(HubEpochs::default());
@@ -419,6 +454,7 @@ pub async fn run<F>(
         ),
         ctx,
         meters: meter_store.clone(),
+        serials,
         hubs: hub_store,
         epochs: epochs.clone(),
         confirmed: Mutex::new(HashMap::new()),
@@ -555,7 +591,7 @@ async fn apply(meter: Arc<Meter>, mctx: &MeterContext) -> Result<Action, MeterEr
     let epoch = mctx.epochs.epoch(&ns, &hub_name);
     let key = (ns.clone(), name.clone());
     let status = meter.status.clone().unwrap_or_default();
-    let duplicate = earlier_duplicate(&mctx.meters, &meter);
+    let duplicate = earlier_duplicate(&mctx.meters, &mctx.serials, &meter);
     let resync = mctx.ctx.settings.resync;
     let input = Input {
         spec: &meter.spec,
@@ -652,17 +688,17 @@ async fn cleanup(meter: Arc<Meter>, mctx: &MeterContext) -> Result<Action, Meter
         info!(meter = %name, namespace = %ns, hub = %hub_name, "hub is gone; removing the finalizer without deprovisioning");
         return Ok(Action::await_change());
     };
-    let other = mctx.meters.find(|m| {
-        m.namespace().as_deref() == Some(ns.as_str())
-            && m.spec.hub_ref.name == hub_name
-            && m.uid() != meter.uid()
-            && m.meta().deletion_timestamp.is_none()
-            && (m.spec.serial_number == serial
-                || m.status
-                    .as_ref()
-                    .and_then(|s| s.provisioned_serial_number.as_deref())
-                    == Some(serial.as_str()))
-    });
+    let other = holders(&mctx.meters, &mctx.serials, &meter, &serial)
+        .into_iter()
+        .find(|m| {
+            m.metadata.uid != meter.metadata.uid
+                && m.meta().deletion_timestamp.is_none()
+                && (m.spec.serial_number == serial
+                    || m.status
+                        .as_ref()
+                        .and_then(|s| s.provisioned_serial_number.as_deref())
+                        == Some(serial.as_str()))
+        });
     if let Some(other) = other {
         info!(meter = %name, namespace = %ns, %serial, other = %other.name_any(),
             "serial is still used by another Meter; not deprovisioning it");
@@ -865,12 +901,23 @@ mod tests {
         assert!(!same_serial(&a, &other_hub));
 
         let (store, mut writer) = reflector::store::<Meter>();
-        for m in [&a, &b, &other_hub] {
-            writer.apply_watcher_event(&watcher::Event::Apply(m.clone()));
+        let serials = SerialIndex::default();
+        for m in [&a, &b, &c, &other_hub] {
+            let event = watcher::Event::Apply(m.clone());
+            writer.apply_watcher_event(&event);
+            serials.apply(&event);
         }
-        assert_eq!(earlier_duplicate(&store, &b).as_deref(), Some("a"));
-        assert_eq!(earlier_duplicate(&store, &a), None);
-        assert_eq!(earlier_duplicate(&store, &other_hub), None);
+        assert_eq!(
+            earlier_duplicate(&store, &serials, &b).as_deref(),
+            Some("a")
+        );
+        // c (same second as a, later name) yields to a, the earliest holder.
+        assert_eq!(
+            earlier_duplicate(&store, &serials, &c).as_deref(),
+            Some("a")
+        );
+        assert_eq!(earlier_duplicate(&store, &serials, &a), None);
+        assert_eq!(earlier_duplicate(&store, &serials, &other_hub), None);
     }
 
     #[test]

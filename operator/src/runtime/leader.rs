@@ -156,6 +156,35 @@ impl LeaderElector {
         }
     }
 
+    /// Gives the lease up if this replica holds it (graceful shutdown), so that a standby takes
+    /// over at its next attempt instead of after the lease duration. Best effort.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = Some(String::new());
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                info!(identity = %self.identity, lease = %self.name, "released the leader lease")
+            }
+            Err(e) => {
+                warn!(error = %e, "releasing the leader lease failed; a standby takes over when it expires")
+            }
+        }
+    }
+
     /// Renews the lease until it is lost; returns when this replica must stop reconciling.
     pub async fn hold(&self) {
         let renew = self.lease_duration / 3;

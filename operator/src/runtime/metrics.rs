@@ -33,6 +33,11 @@ pub struct CertLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HubLabels {
     pub namespace: String,
     pub hub: String,
@@ -50,6 +55,8 @@ pub struct Metrics {
     pub certificate_issuance_errors: Family<HubLabels, Counter>,
     pub hub_requests: Family<WriteLabels, Counter>,
     pub leader: Gauge,
+    pub admission_reviews: Family<OutcomeLabels, Counter>,
+    pub webhook_certificate_expiration: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -66,6 +73,8 @@ impl Default for Metrics {
         let certificate_issuance_errors = Family::<HubLabels, Counter>::default();
         let hub_requests = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
+        let admission_reviews = Family::<OutcomeLabels, Counter>::default();
+        let webhook_certificate_expiration = Gauge::<f64, AtomicU64>::default();
         registry.register("reconciles", "Reconciliations by kind", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -107,6 +116,16 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "admission_reviews",
+            "Meter admission reviews by outcome (added, present, ignored, invalid)",
+            admission_reviews.clone(),
+        );
+        registry.register(
+            "webhook_certificate_expiration_timestamp_seconds",
+            "notAfter of the admission webhook's serving certificate (Unix seconds)",
+            webhook_certificate_expiration.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -118,6 +137,8 @@ impl Default for Metrics {
             certificate_issuance_errors,
             hub_requests,
             leader,
+            admission_reviews,
+            webhook_certificate_expiration,
         }
     }
 }
@@ -128,6 +149,14 @@ impl Metrics {
             .get_or_create(&WriteLabels {
                 resource: resource.to_string(),
                 verb: verb.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn admission(&self, outcome: &str) {
+        self.admission_reviews
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
             })
             .inc();
     }
