@@ -5,70 +5,68 @@
 //! which made the scan the operator's main cost. The index hands out the few Meters that share a
 //! serial; the checks then apply their exact rules to those Meters as cached.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Mutex, RwLock};
 
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
-use kube::ResourceExt;
 
 use crate::crd::meter::Meter;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    namespace: String,
-    hub: String,
-    serial: String,
-}
-
-#[derive(Default, Debug)]
+/// Compact on purpose: a hash of (namespace, hub, serial) to the names holding it, and per Meter
+/// the hashes it holds, about 150 bytes per Meter. Hash collisions only add candidates, which the
+/// exact checks of the callers drop.
+#[derive(Debug, Default)]
 struct Index {
-    holders: HashMap<Key, HashSet<ObjectRef<Meter>>>,
-    keys_of: HashMap<ObjectRef<Meter>, Vec<Key>>,
+    holders: HashMap<u64, Vec<Box<str>>>,
+    /// `namespace/name` → the serial hashes it holds (spec, and provisioned when different).
+    keys_of: HashMap<Box<str>, Vec<u64>>,
 }
 
-/// The serials a Meter holds: its spec's, and the one it was provisioned under when that differs.
-fn keys(meter: &Meter) -> Vec<Key> {
-    let namespace = meter.namespace().unwrap_or_default();
-    let hub = &meter.spec.hub_ref.name;
-    let mut serials = vec![meter.spec.serial_number.as_str()];
-    if let Some(provisioned) = meter
-        .status
-        .as_ref()
-        .and_then(|s| s.provisioned_serial_number.as_deref())
-        .filter(|p| *p != meter.spec.serial_number)
-    {
-        serials.push(provisioned);
-    }
-    serials
-        .into_iter()
-        .map(|serial| Key {
-            namespace: namespace.clone(),
-            hub: hub.clone(),
-            serial: serial.to_string(),
-        })
-        .collect()
+fn object_key(meter: &Meter) -> Box<str> {
+    format!(
+        "{}/{}",
+        meter.metadata.namespace.as_deref().unwrap_or_default(),
+        meter.metadata.name.as_deref().unwrap_or_default()
+    )
+    .into_boxed_str()
 }
 
 impl Index {
-    fn insert(&mut self, meter: &Meter) {
-        let r = ObjectRef::from_obj(meter);
-        self.remove(&r);
-        let keys = keys(meter);
-        for key in &keys {
-            self.holders
-                .entry(key.clone())
-                .or_default()
-                .insert(r.clone());
+    fn insert(&mut self, state: &RandomState, meter: &Meter) {
+        let object = object_key(meter);
+        self.remove(&object);
+        let namespace = meter.metadata.namespace.as_deref().unwrap_or_default();
+        let hub = meter.spec.hub_ref.name.as_str();
+        let name: Box<str> = meter.metadata.name.as_deref().unwrap_or_default().into();
+        let mut keys = vec![state.hash_one((namespace, hub, meter.spec.serial_number.as_str()))];
+        if let Some(provisioned) = meter
+            .status
+            .as_ref()
+            .and_then(|s| s.provisioned_serial_number.as_deref())
+            .filter(|p| *p != meter.spec.serial_number)
+        {
+            keys.push(state.hash_one((namespace, hub, provisioned)));
         }
-        self.keys_of.insert(r, keys);
+        for key in &keys {
+            self.holders.entry(*key).or_default().push(name.clone());
+        }
+        self.keys_of.insert(object, keys);
     }
 
-    fn remove(&mut self, r: &ObjectRef<Meter>) {
-        for key in self.keys_of.remove(r).unwrap_or_default() {
-            if let Some(set) = self.holders.get_mut(&key) {
-                set.remove(r);
-                if set.is_empty() {
+    fn remove(&mut self, object: &str) {
+        let Some(keys) = self.keys_of.remove(object) else {
+            return;
+        };
+        let name = object.split_once('/').map(|(_, n)| n).unwrap_or(object);
+        for key in keys {
+            if let Some(names) = self.holders.get_mut(&key) {
+                if let Some(i) = names.iter().position(|n| &**n == name) {
+                    names.swap_remove(i);
+                }
+                if names.is_empty() {
                     self.holders.remove(&key);
                 }
             }
@@ -79,6 +77,7 @@ impl Index {
 /// Meters by serial, updated from the same watch events as the Meter cache.
 #[derive(Default, Debug)]
 pub struct SerialIndex {
+    state: RandomState,
     current: RwLock<Index>,
     /// Built during a relist (`Init` … `InitDone`), swapped in when it is complete, so that
     /// readers keep the previous index meanwhile (as the cache does).
@@ -90,12 +89,12 @@ impl SerialIndex {
         match event {
             Event::Apply(meter) => {
                 if let Ok(mut index) = self.current.write() {
-                    index.insert(meter);
+                    index.insert(&self.state, meter);
                 }
             }
             Event::Delete(meter) => {
                 if let Ok(mut index) = self.current.write() {
-                    index.remove(&ObjectRef::from_obj(meter));
+                    index.remove(&object_key(meter));
                 }
             }
             Event::Init => {
@@ -105,7 +104,9 @@ impl SerialIndex {
             }
             Event::InitApply(meter) => {
                 if let Ok(mut relist) = self.relist.lock() {
-                    relist.get_or_insert_with(Index::default).insert(meter);
+                    relist
+                        .get_or_insert_with(Index::default)
+                        .insert(&self.state, meter);
                 }
             }
             Event::InitDone => {
@@ -117,21 +118,25 @@ impl SerialIndex {
         }
     }
 
-    /// The Meters of hub `hub` in `namespace` whose spec serial or provisioned serial is `serial`.
+    /// The Meters of hub `hub` in `namespace` whose spec serial or provisioned serial is `serial`
+    /// (and, rarely, others whose key hashes alike: callers check the fields).
     pub fn holders(&self, namespace: &str, hub: &str, serial: &str) -> Vec<ObjectRef<Meter>> {
-        let key = Key {
-            namespace: namespace.to_string(),
-            hub: hub.to_string(),
-            serial: serial.to_string(),
-        };
+        let key = self.state.hash_one((namespace, hub, serial));
         self.current
             .read()
             .ok()
-            .and_then(|index| index.holders.get(&key).map(|s| s.iter().cloned().collect()))
+            .and_then(|index| {
+                index.holders.get(&key).map(|names| {
+                    names
+                        .iter()
+                        .map(|n| ObjectRef::new(n).within(namespace))
+                        .collect()
+                })
+            })
             .unwrap_or_default()
     }
 
-    /// Number of distinct (namespace, hub, serial) keys, for tests and debugging.
+    /// Number of distinct serial keys, for tests and debugging.
     pub fn len(&self) -> usize {
         self.current.read().map(|i| i.holders.len()).unwrap_or(0)
     }
