@@ -89,6 +89,16 @@ where
 /// Sum of `mpm_operator_api_writes_total` on the leading operator replica, read through the API
 /// server's pod proxy (works the same on kind and on the local cluster).
 pub async fn operator_writes(client: &Client) -> anyhow::Result<u64> {
+    let text = leader_metrics(client).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("mpm_operator_api_writes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// The `/metrics` text of the leading operator replica, through the API server's pod proxy.
+pub async fn leader_metrics(client: &Client) -> anyhow::Result<String> {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let lease = leases
@@ -105,11 +115,7 @@ pub async fn operator_writes(client: &Client) -> anyhow::Result<u64> {
         .request_text(request)
         .await
         .context("reading the operator's /metrics")?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("mpm_operator_api_writes_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    Ok(text)
 }
 
 /// Creates or replaces an object from JSON in a namespace (client-side semantics, like

@@ -284,6 +284,18 @@ async fn scenario(client: &Client, ns: &str) -> anyhow::Result<()> {
         assert_eq!(status["hubState"], "Provisioned", "{status}");
     }
 
+    // The leader exports them by phase, counted from its cache.
+    let series = format!("mpm_operator_meters{{namespace=\"{ns}\",phase=\"Provisioned\"}} 100");
+    wait_for(
+        "mpm_operator_meters counts the 100",
+        Duration::from_secs(30),
+        || async {
+            let text = mpm_e2e::leader_metrics(client).await?;
+            Ok(text.lines().any(|l| l == series).then_some(()))
+        },
+    )
+    .await?;
+
     // Deleting them runs the finalizers (DELETE in device-hub) and the objects go away.
     delete_all_and_wait(client, ns, "bulk", Duration::from_secs(300)).await?;
 

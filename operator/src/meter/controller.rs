@@ -445,6 +445,7 @@ pub async fn run<F>(
     };
     let controller = Controller::for_stream(meter_stream, meter_store.clone())
         .with_config(Config::default().concurrency(concurrency));
+    ctx.metrics.meter_phases.attach(meter_store.clone());
     let epochs = Arc::new(HubEpochs::default());
     let mctx = Arc::new(MeterContext {
         clients: HubClients::new(

@@ -6,7 +6,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::crd::meter::{Meter, MeterPhase};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -38,6 +48,73 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub phase: String,
+}
+
+/// `mpm_operator_meters{namespace, phase}`: Meters by phase, counted from the Meter controller's
+/// cache at each scrape (so it costs nothing between scrapes and is never stale by more than the
+/// watch). Empty until the controller runs (standby replicas export nothing).
+#[derive(Debug, Default)]
+pub struct MeterPhases {
+    store: RwLock<Option<Store<Meter>>>,
+}
+
+fn phase_name(phase: MeterPhase) -> &'static str {
+    match phase {
+        MeterPhase::Pending => "Pending",
+        MeterPhase::Provisioning => "Provisioning",
+        MeterPhase::Provisioned => "Provisioned",
+        MeterPhase::Failed => "Failed",
+        MeterPhase::Decommissioned => "Decommissioned",
+    }
+}
+
+impl MeterPhases {
+    pub fn attach(&self, store: Store<Meter>) {
+        if let Ok(mut slot) = self.store.write() {
+            *slot = Some(store);
+        }
+    }
+
+    /// (namespace, phase) → count; a Meter without status counts as Pending.
+    pub fn counts(&self) -> BTreeMap<(String, &'static str), i64> {
+        let mut counts = BTreeMap::new();
+        let store = self.store.read().ok().and_then(|s| s.clone());
+        for meter in store.map(|s| s.state()).unwrap_or_default() {
+            let phase = meter.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            let namespace = meter.metadata.namespace.clone().unwrap_or_default();
+            *counts.entry((namespace, phase_name(phase))).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+impl Collector for MeterPhases {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.counts();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "meters",
+            "Meters by namespace and phase, from the operator's cache",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((namespace, phase), count) in counts {
+            let labels = PhaseLabels {
+                namespace,
+                phase: phase.to_string(),
+            };
+            ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HubLabels {
     pub namespace: String,
     pub hub: String,
@@ -57,6 +134,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub admission_reviews: Family<OutcomeLabels, Counter>,
     pub webhook_certificate_expiration: Gauge<f64, AtomicU64>,
+    pub meter_phases: Arc<MeterPhases>,
 }
 
 impl Default for Metrics {
@@ -75,6 +153,8 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let admission_reviews = Family::<OutcomeLabels, Counter>::default();
         let webhook_certificate_expiration = Gauge::<f64, AtomicU64>::default();
+        let meter_phases = Arc::new(MeterPhases::default());
+        registry.register_collector(Box::new(meter_phases.clone()));
         registry.register("reconciles", "Reconciliations by kind", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -139,6 +219,7 @@ impl Default for Metrics {
             leader,
             admission_reviews,
             webhook_certificate_expiration,
+            meter_phases,
         }
     }
 }
@@ -177,5 +258,50 @@ impl Metrics {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
+    fn meter(ns: &str, name: &str, phase: Option<&str>) -> Meter {
+        let mut m: Meter = serde_json::from_value(json!({
+            "apiVersion": "meterpark.io/v1alpha1", "kind": "Meter",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"hubRef": {"name": "hub"}, "serialNumber": name, "manufacturer": "L+G",
+                     "model": "E450", "protocol": "DLMS/COSEM", "hesId": "hes-1"}
+        }))
+        .unwrap();
+        if let Some(p) = phase {
+            m.status = Some(serde_json::from_value(json!({ "phase": p })).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn meters_by_phase_are_counted_from_the_cache_at_scrape() {
+        let metrics = Metrics::default();
+        assert!(!metrics.encode().contains("mpm_operator_meters{"));
+        let (store, mut writer) = reflector::store::<Meter>();
+        for m in [
+            meter("park", "a", Some("Provisioned")),
+            meter("park", "b", Some("Provisioned")),
+            meter("park", "c", None),
+            meter("other", "d", Some("Failed")),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(m));
+        }
+        metrics.meter_phases.attach(store);
+        let text = metrics.encode();
+        for line in [
+            r#"mpm_operator_meters{namespace="park",phase="Provisioned"} 2"#,
+            r#"mpm_operator_meters{namespace="park",phase="Pending"} 1"#,
+            r#"mpm_operator_meters{namespace="other",phase="Failed"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }
