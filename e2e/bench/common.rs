@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{stream, StreamExt};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::Client;
@@ -81,19 +80,6 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Name of the pod holding the operator's leader Lease.
-pub async fn leader(client: &Client) -> anyhow::Result<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let lease = leases
-        .get("mpm-operator-leader")
-        .await
-        .context("reading the leader Lease")?;
-    lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .context("the leader Lease has no holder")
 }
 
 /// Memory of one pod: kubelet summary working set and RSS (summed over containers), and the
@@ -236,7 +222,7 @@ pub async fn pod_memory(
 
 /// Memory of the operator's leader pod.
 pub async fn leader_memory(client: &Client) -> anyhow::Result<PodMemory> {
-    let leader = leader(client).await?;
+    let leader = mpm_e2e::leader(client).await?;
     pod_memory(client, OPERATOR_NAMESPACE, |n| n == leader)
         .await?
         .into_iter()

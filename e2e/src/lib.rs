@@ -97,18 +97,23 @@ pub async fn operator_writes(client: &Client) -> anyhow::Result<u64> {
         .sum::<f64>() as u64)
 }
 
-/// The `/metrics` text of the leading operator replica, through the API server's pod proxy.
-pub async fn leader_metrics(client: &Client) -> anyhow::Result<String> {
+/// Name of the pod holding the operator's leader Lease.
+pub async fn leader(client: &Client) -> anyhow::Result<String> {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let lease = leases
         .get("mpm-operator-leader")
         .await
         .context("reading the leader Lease")?;
-    let leader = lease
+    lease
         .spec
         .and_then(|s| s.holder_identity)
-        .context("the leader Lease has no holder")?;
+        .context("the leader Lease has no holder")
+}
+
+/// The `/metrics` text of the leading operator replica, through the API server's pod proxy.
+pub async fn leader_metrics(client: &Client) -> anyhow::Result<String> {
+    let leader = leader(client).await?;
     let path = format!("/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{leader}:8080/proxy/metrics");
     let request = http::Request::get(path).body(Vec::new())?;
     let text = client
