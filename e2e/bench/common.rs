@@ -305,3 +305,86 @@ pub async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<mpm_e2e:
     eprintln!("  namespace {}", ns.name);
     Ok(ns)
 }
+
+/// `process_cpu_seconds_total` in a Prometheus text exposition.
+fn cpu_seconds(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CPU seconds used so far by the API server (its own `/metrics`) and by the operator's leader
+/// (through the pod proxy), so that a benchmark can say where the CPU of a phase went on any
+/// cluster, kind included. Either is None where it cannot be read.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    pub apiserver: Option<f64>,
+    pub leader: Option<(String, f64)>,
+}
+
+impl CpuSample {
+    pub async fn take(client: &Client) -> Self {
+        let request = http::Request::get("/metrics").body(Vec::new());
+        let apiserver = match request {
+            Ok(r) => client.request_text(r).await.ok(),
+            Err(_) => None,
+        };
+        let leader = async {
+            let name = mpm_e2e::leader(client).await.ok()?;
+            let text = mpm_e2e::leader_metrics(client).await.ok()?;
+            Some((name, cpu_seconds(&text)?))
+        };
+        CpuSample {
+            apiserver: apiserver.as_deref().and_then(cpu_seconds),
+            leader: leader.await,
+        }
+    }
+
+    /// "API server x ms, operator leader y ms" of CPU per operation between `self` and `later`.
+    pub fn per_operation(&self, later: &CpuSample, operations: usize) -> String {
+        let per = |a: f64, b: f64| format!("{:.2} ms", (b - a) * 1000.0 / operations as f64);
+        let apiserver = match (self.apiserver, later.apiserver) {
+            (Some(a), Some(b)) => per(a, b),
+            _ => "n/a".into(),
+        };
+        let leader = match (&self.leader, &later.leader) {
+            (Some((n1, a)), Some((n2, b))) if n1 == n2 => per(*a, *b),
+            _ => "n/a".into(),
+        };
+        format!("API server {apiserver}, operator leader {leader}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_operation_needs_the_same_leader() {
+        let text = "# HELP process_cpu_seconds_total x\nprocess_cpu_seconds_total 12.5\n";
+        assert_eq!(cpu_seconds(text), Some(12.5));
+        let a = CpuSample {
+            apiserver: Some(10.0),
+            leader: Some(("a".into(), 1.0)),
+        };
+        let b = CpuSample {
+            apiserver: Some(30.0),
+            leader: Some(("a".into(), 6.0)),
+        };
+        assert_eq!(
+            a.per_operation(&b, 10_000),
+            "API server 2.00 ms, operator leader 0.50 ms"
+        );
+        let c = CpuSample {
+            apiserver: None,
+            leader: Some(("b".into(), 6.0)),
+        };
+        assert_eq!(
+            a.per_operation(&c, 10),
+            "API server n/a, operator leader n/a"
+        );
+    }
+}

@@ -23,7 +23,7 @@ use mpm_e2e::condition;
 use mpm_operator::crd::{DeviceHub, Meter, MeterPhase};
 use serde_json::json;
 
-use crate::common::{self, run_concurrent, Row};
+use crate::common::{self, run_concurrent, CpuSample, Row};
 use crate::pause::OperatorPause;
 
 /// Writes in flight, for the operator's workload (Meter creates) and the raw patches alike.
@@ -100,10 +100,14 @@ async fn measure(
         format!("{cm_rate:.0} patches/s ({count}, {CONCURRENCY} in flight)"),
     ));
     let mut raw_rate: f64 = 0.0;
-    for (in_flight, rate) in raw_status_patches(client, raw_ns, count).await? {
+    for (in_flight, rate, cpu) in raw_status_patches(client, raw_ns, count).await? {
         rows.push(Row::info(
             "meters: raw Meter-schema /status merge patches",
             format!("{rate:.0} patches/s ({count}, {in_flight} in flight)"),
+        ));
+        rows.push(Row::info(
+            &format!("meters: CPU per raw patch ({in_flight} in flight)"),
+            cpu,
         ));
         raw_rate = raw_rate.max(rate);
     }
@@ -142,10 +146,15 @@ async fn measure(
     // what the API server stored), read every 250 ms: a watch or lists of 10,000 Meters would add
     // API server load that the raw ceiling does not carry. A list confirms the end.
     let (start, election) = pause.resume().await?;
+    let cpu_start = CpuSample::take(client).await;
+    let mut first_provisioned = None;
     let timeout = Duration::from_secs(120) + Duration::from_millis(100) * count as u32;
     let mut last_report = Instant::now();
     let provision_time = loop {
         let provisioned = provisioned_in_leader_cache(client, ns).await.unwrap_or(0);
+        if provisioned > 0 && first_provisioned.is_none() {
+            first_provisioned = Some(start.elapsed());
+        }
         if provisioned >= count as u64 {
             break start.elapsed();
         }
@@ -161,6 +170,7 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let cpu_end = CpuSample::take(client).await;
     let confirmed = provisioned_in_api(&meters).await?;
     if confirmed < count as u64 {
         bail!("the leader's cache counts {count} Provisioned Meters, the API server {confirmed}");
@@ -180,6 +190,16 @@ async fn measure(
             "{:.2} s = {op_rate:.0} Meters/s ({count} Meters)",
             provision_time.as_secs_f64()
         ),
+    ));
+    if let Some(first) = first_provisioned {
+        rows.push(Row::info(
+            "meters: first Meter Provisioned (new leader's list and first batch)",
+            format!("{:.2} s into the window", first.as_secs_f64()),
+        ));
+    }
+    rows.push(Row::info(
+        "meters: CPU per Meter in that window",
+        cpu_start.per_operation(&cpu_end, count),
     ));
     rows.push(Row::info(
         "meters: operator API writes in that window",
@@ -264,13 +284,13 @@ const BENCH_GROUP: &str = "bench.meterpark.io";
 const BENCH_PLURAL: &str = "benchmeters";
 
 /// Merge patches of a Provisioned Meter's status on the /status subresource of `count` objects of
-/// the Meter schema, one round per number in flight; returns (in flight, patches per second). The
-/// CRD and its objects are removed after.
+/// the Meter schema, one round per number in flight; returns (in flight, patches per second, CPU
+/// per patch). The CRD and its objects are removed after.
 async fn raw_status_patches(
     client: &Client,
     ns: &str,
     count: usize,
-) -> anyhow::Result<Vec<(usize, f64)>> {
+) -> anyhow::Result<Vec<(usize, f64, String)>> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = bench_meter_crd()?;
     let crd_name = crd.name_any();
@@ -316,6 +336,7 @@ async fn raw_status_patches(
         }
         let mut rates = Vec::new();
         for (round, in_flight) in [CONCURRENCY, 4 * CONCURRENCY].into_iter().enumerate() {
+            let cpu_start = CpuSample::take(client).await;
             let (time, errors) = run_concurrent(count, in_flight, |i| {
                 let api = api.clone();
                 async move {
@@ -335,12 +356,21 @@ async fn raw_status_patches(
             if errors > 0 {
                 bail!("raw: {errors} status patches failed");
             }
-            rates.push((in_flight, count as f64 / time.as_secs_f64()));
+            let cpu = cpu_start.per_operation(&CpuSample::take(client).await, count);
+            rates.push((in_flight, count as f64 / time.as_secs_f64(), cpu));
         }
         Ok(rates)
     }
     .await;
+    // The API server deletes the N objects before the CRD goes (its cleanup finalizer): several
+    // seconds of etcd writes that must not overlap the operator's window.
     let _ = crds.delete(&crd_name, &DeleteParams::default()).await;
+    mpm_e2e::wait_for(
+        "BenchMeter CRD and its objects deleted",
+        Duration::from_secs(300),
+        || async { Ok(crds.get_opt(&crd_name).await?.is_none().then_some(())) },
+    )
+    .await?;
     result
 }
 

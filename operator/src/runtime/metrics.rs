@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
@@ -80,14 +80,20 @@ impl MeterPhases {
 
     /// (namespace, phase) → count; a Meter without status counts as Pending.
     pub fn counts(&self) -> BTreeMap<(String, &'static str), i64> {
-        let mut counts = BTreeMap::new();
         let store = self.store.read().ok().and_then(|s| s.clone());
-        for meter in store.map(|s| s.state()).unwrap_or_default() {
+        let meters = store.map(|s| s.state()).unwrap_or_default();
+        // Counted under borrowed namespaces: a scrape copies one string per namespace and
+        // phase, not one per Meter.
+        let mut borrowed: HashMap<(&str, &'static str), i64> = HashMap::new();
+        for meter in &meters {
             let phase = meter.status.as_ref().map(|s| s.phase).unwrap_or_default();
-            let namespace = meter.metadata.namespace.clone().unwrap_or_default();
-            *counts.entry((namespace, phase_name(phase))).or_insert(0) += 1;
+            let namespace = meter.metadata.namespace.as_deref().unwrap_or_default();
+            *borrowed.entry((namespace, phase_name(phase))).or_insert(0) += 1;
         }
-        counts
+        borrowed
+            .into_iter()
+            .map(|((namespace, phase), n)| ((namespace.to_string(), phase), n))
+            .collect()
     }
 }
 
@@ -139,7 +145,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("mpm_operator");
+        // `process_*` unprefixed, as every exporter names them; the operator's own under `mpm_operator_`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("mpm_operator");
         let reconciles = Family::<KindLabels, Counter>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
@@ -207,7 +216,7 @@ impl Default for Metrics {
             webhook_certificate_expiration.clone(),
         );
         Self {
-            registry,
+            registry: root,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -279,6 +288,18 @@ mod tests {
             m.status = Some(serde_json::from_value(json!({ "phase": p })).unwrap());
         }
         m
+    }
+
+    #[test]
+    fn process_metrics_are_unprefixed_and_the_operators_prefixed() {
+        let metrics = Metrics::default();
+        metrics.write("Meter/status", "patch");
+        let text = metrics.encode();
+        assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(text.contains("mpm_operator_leader "), "{text}");
+        assert_eq!(metrics.total_writes(), 1);
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 
     #[test]

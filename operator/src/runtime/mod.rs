@@ -4,4 +4,5 @@ pub mod api_client;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod process;
 pub mod ratelimit;
