@@ -287,9 +287,10 @@ where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    match tokio::time::timeout(CACHE_WAIT, store.wait_until_ready()).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Error::CacheNotReady(kind, CACHE_WAIT)),
+    if crate::runtime::cache_ready::wait_ready(store, CACHE_WAIT).await {
+        Ok(())
+    } else {
+        Err(Error::CacheNotReady(kind, CACHE_WAIT))
     }
 }
 

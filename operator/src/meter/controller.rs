@@ -33,6 +33,7 @@ use crate::crd::condition::{find, ConditionStatus};
 use crate::crd::device_hub::DeviceHub;
 use crate::crd::meter::{Meter, MeterPhase, MeterStatus};
 use crate::resources::hub::resolve_services;
+use crate::runtime::cache_ready::wait_ready;
 use crate::runtime::metrics::{ErrorLabels, KindLabels};
 
 /// Finalizer that deprovisions the meter in device-hub before the Meter goes away.
@@ -523,9 +524,8 @@ async fn reconcile_inner(
     let (Some(ns), Some(name)) = (meter.namespace(), meter.meta().name.clone()) else {
         return Err(MeterError::MissingMetadata);
     };
-    match tokio::time::timeout(HUB_CACHE_WAIT, mctx.hubs.wait_until_ready()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) | Err(_) => return Err(MeterError::HubCacheNotReady(HUB_CACHE_WAIT)),
+    if !wait_ready(&mctx.hubs, HUB_CACHE_WAIT).await {
+        return Err(MeterError::HubCacheNotReady(HUB_CACHE_WAIT));
     }
     let api: Api<Meter> = Api::namespaced(mctx.ctx.client.clone(), &ns);
     let has_finalizer = meter.finalizers().iter().any(|f| f == FINALIZER);

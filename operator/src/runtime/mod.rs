@@ -1,6 +1,7 @@
 //! Process runtime of the operator: metrics, health endpoints, leader election, API write limits.
 
 pub mod api_client;
+pub mod cache_ready;
 pub mod http;
 pub mod leader;
 pub mod metrics;
