@@ -308,12 +308,7 @@ pub async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<mpm_e2e:
 
 /// `process_cpu_seconds_total` in a Prometheus text exposition.
 fn cpu_seconds(metrics: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))?
-        .trim()
-        .parse()
-        .ok()
+    mpm_e2e::metric(metrics, "process_cpu_seconds_total")
 }
 
 /// CPU seconds used so far by the API server (its own `/metrics`) and by the operator's leader

@@ -378,12 +378,8 @@ async fn raw_status_patches(
 /// (`mpm_operator_meters{namespace, phase="Provisioned"}`).
 async fn provisioned_in_leader_cache(client: &Client, ns: &str) -> anyhow::Result<u64> {
     let text = mpm_e2e::leader_metrics(client).await?;
-    let series = format!("mpm_operator_meters{{namespace=\"{ns}\",phase=\"Provisioned\"}} ");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64)
+    let series = format!("mpm_operator_meters{{namespace=\"{ns}\",phase=\"Provisioned\"}}");
+    Ok(mpm_e2e::metric(&text, &series).unwrap_or(0.0) as u64)
 }
 
 /// Provisioned Meters as the API server has them (paged list).

@@ -97,6 +97,15 @@ pub async fn operator_writes(client: &Client) -> anyhow::Result<u64> {
         .sum::<f64>() as u64)
 }
 
+/// The value of one series (name and labels, as exposed) in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Name of the pod holding the operator's leader Lease.
 pub async fn leader(client: &Client) -> anyhow::Result<String> {
     use k8s_openapi::api::coordination::v1::Lease;
