@@ -28,6 +28,8 @@ pub const STORE_FILE: &str = "device-hub.redb";
 pub const METERS: &str = "meters";
 pub const OUTBOX: &str = "outbox";
 pub const EVENTS: &str = "events";
+/// Outbox items delivered per round (and deleted together after it).
+const OUTBOX_PAGE: usize = 100;
 /// contract: device-hub API, batch "at most 500".
 pub const MAX_BATCH: usize = 500;
 
@@ -150,20 +152,31 @@ fn outbox_put(spec: &MeterRecord, trace: &TraceContext) -> Result<WriteOp, Store
     WriteOp::put_json(OUTBOX, &queue_key(), &item)
 }
 
-/// Creates or updates; returns the status (200/201) and the record.
-fn upsert(
-    store: &Store,
+/// What a `PUT` of `spec` does to the stored record `existing`: the answer's status (201 for a new
+/// meter, 200 otherwise), the record, and whether anything has to be written (an identical `PUT`
+/// writes nothing and queues nothing for smoc-service).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upsert {
+    pub status: u16,
+    pub record: MeterRecord,
+    pub changed: bool,
+}
+
+/// Decides an upsert without touching the store; `device_id` and `provisioned_at` are used only for
+/// a new meter (an existing one keeps its own).
+pub fn plan_upsert(
+    existing: Option<&MeterRecord>,
     spec: MeterSpec,
-    trace: &TraceContext,
-) -> Result<(u16, MeterRecord), StoreError> {
-    let existing: Option<MeterRecord> = store.get_json(METERS, &spec.serial_number)?;
-    let now = rfc3339(chrono::Utc::now());
-    let (status, record) = match existing {
+    device_id: impl FnOnce() -> String,
+    now: impl FnOnce() -> String,
+) -> Upsert {
+    let state = spec.state().to_string();
+    match existing {
         Some(old) => {
-            let new = MeterRecord {
+            let record = MeterRecord {
                 device_id: old.device_id.clone(),
                 serial_number: old.serial_number.clone(),
-                state: spec.state().to_string(),
+                state,
                 provisioned_at: old.provisioned_at.clone(),
                 manufacturer: spec.manufacturer,
                 model: spec.model,
@@ -172,18 +185,20 @@ fn upsert(
                 location: spec.location,
                 desired_state: spec.desired_state,
             };
-            if new == old {
-                return Ok((200, old));
+            let changed = &record != old;
+            Upsert {
+                status: 200,
+                record,
+                changed,
             }
-            (200, new)
         }
-        None => (
-            201,
-            MeterRecord {
-                device_id: format!("dev-{}", uuid_like()),
-                state: spec.state().to_string(),
+        None => Upsert {
+            status: 201,
+            record: MeterRecord {
+                device_id: device_id(),
+                state,
                 serial_number: spec.serial_number,
-                provisioned_at: now,
+                provisioned_at: now(),
                 manufacturer: spec.manufacturer,
                 model: spec.model,
                 protocol: spec.protocol,
@@ -191,13 +206,94 @@ fn upsert(
                 location: spec.location,
                 desired_state: spec.desired_state,
             },
-        ),
-    };
-    store.apply(&[
-        WriteOp::put_json(METERS, &record.serial_number, &record)?,
-        outbox_put(&record, trace)?,
-    ])?;
-    Ok((status, record))
+            changed: true,
+        },
+    }
+}
+
+fn plan_new(existing: Option<&MeterRecord>, spec: MeterSpec) -> Upsert {
+    plan_upsert(
+        existing,
+        spec,
+        || format!("dev-{}", uuid_like()),
+        || rfc3339(chrono::Utc::now()),
+    )
+}
+
+/// The writes of a changed record: the record and its delivery to smoc-service, together.
+fn upsert_ops(
+    record: &MeterRecord,
+    trace: &TraceContext,
+    ops: &mut Vec<WriteOp>,
+) -> Result<(), StoreError> {
+    ops.push(WriteOp::put_json(METERS, &record.serial_number, record)?);
+    ops.push(outbox_put(record, trace)?);
+    Ok(())
+}
+
+/// Creates or updates one meter in its own durable transaction.
+fn upsert(
+    store: &Store,
+    spec: MeterSpec,
+    trace: &TraceContext,
+) -> Result<(u16, MeterRecord), StoreError> {
+    let existing: Option<MeterRecord> = store.get_json(METERS, &spec.serial_number)?;
+    let plan = plan_new(existing.as_ref(), spec);
+    if plan.changed {
+        let mut ops = Vec::with_capacity(2);
+        upsert_ops(&plan.record, trace, &mut ops)?;
+        store.apply(&ops)?;
+    }
+    Ok((plan.status, plan.record))
+}
+
+/// One item of a batch: the parsed spec, or why it was refused.
+type BatchItem = (Option<String>, Result<MeterSpec, String>);
+
+/// Upserts a whole batch in one durable transaction (one disk sync for up to [`MAX_BATCH`] meters,
+/// not one per meter); answers only after the commit. A serial repeated in the batch sees the
+/// earlier item's record, as it would with one `PUT` after another.
+fn upsert_batch(
+    store: &Store,
+    items: Vec<BatchItem>,
+    trace: &TraceContext,
+) -> Result<Vec<BatchResult>, StoreError> {
+    let mut staged: std::collections::HashMap<String, MeterRecord> = Default::default();
+    let mut ops = Vec::new();
+    let mut results = Vec::with_capacity(items.len());
+    for (serial, spec) in items {
+        let spec = match spec {
+            Ok(spec) => spec,
+            Err(error) => {
+                results.push(BatchResult {
+                    serial_number: serial,
+                    status: 400,
+                    meter: None,
+                    error: Some(error),
+                });
+                continue;
+            }
+        };
+        let stored = match staged.get(&spec.serial_number) {
+            Some(record) => Some(record.clone()),
+            None => store.get_json(METERS, &spec.serial_number)?,
+        };
+        let plan = plan_new(stored.as_ref(), spec);
+        if plan.changed {
+            upsert_ops(&plan.record, trace, &mut ops)?;
+            staged.insert(plan.record.serial_number.clone(), plan.record.clone());
+        }
+        results.push(BatchResult {
+            serial_number: serial,
+            status: plan.status,
+            meter: Some(plan.record),
+            error: None,
+        });
+    }
+    if !ops.is_empty() {
+        store.apply(&ops)?;
+    }
+    Ok(results)
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -342,39 +438,21 @@ async fn batch(
     }
     let _guard = hub.write_lock.lock().await;
     let tc = trace.0.clone();
-    let r = hub
-        .store
-        .run(move |s| {
-            let mut results = Vec::with_capacity(parsed.items.len());
-            for item in parsed.items {
-                let serial = item
-                    .get("serialNumber")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string);
-                let spec = serde_json::from_value::<MeterSpec>(item)
-                    .map_err(|e| format!("invalid meter JSON: {e}"))
-                    .and_then(|s| s.validate().map(|_| s));
-                match spec {
-                    Ok(spec) => {
-                        let (status, meter) = upsert(s, spec, &tc)?;
-                        results.push(BatchResult {
-                            serial_number: serial,
-                            status,
-                            meter: Some(meter),
-                            error: None,
-                        });
-                    }
-                    Err(e) => results.push(BatchResult {
-                        serial_number: serial,
-                        status: 400,
-                        meter: None,
-                        error: Some(e),
-                    }),
-                }
-            }
-            Ok(results)
+    let items: Vec<BatchItem> = parsed
+        .items
+        .into_iter()
+        .map(|item| {
+            let serial = item
+                .get("serialNumber")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let spec = serde_json::from_value::<MeterSpec>(item)
+                .map_err(|e| format!("invalid meter JSON: {e}"))
+                .and_then(|s| s.validate().map(|_| s));
+            (serial, spec)
         })
-        .await;
+        .collect();
+    let r = hub.store.run(move |s| upsert_batch(s, items, &tc)).await;
     match r {
         Ok(results) => {
             hub.outbox_notify.notify_one();
@@ -465,7 +543,7 @@ async fn outbox_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
         }
         let pending = match hub
             .store
-            .run(|s| s.range_json::<OutboxItem>(OUTBOX, "", None, 100))
+            .run(|s| s.range_json::<OutboxItem>(OUTBOX, "", None, OUTBOX_PAGE))
             .await
         {
             Ok(p) => p,
@@ -474,11 +552,21 @@ async fn outbox_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
                 Vec::new()
             }
         };
-        hub.metrics.outbox.set(pending.len() as i64);
+        match hub.store.run(|s| s.count(OUTBOX)).await {
+            Ok(n) => {
+                hub.metrics.outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot count the outbox"),
+        }
+        // A full page means more is waiting: go on without waiting for the next notification.
+        let more = pending.len() >= OUTBOX_PAGE;
         let mut failed = false;
+        // Delivered (or refused) items leave the outbox together, in one transaction per round:
+        // a crash before that delivers them again, which smoc-service's idempotent calls allow.
+        let mut done: Vec<String> = Vec::new();
         for (key, item) in pending {
             if *shutdown.borrow() {
-                return;
+                break;
             }
             let method =
                 http::Method::from_bytes(item.method.as_bytes()).unwrap_or(http::Method::POST);
@@ -487,21 +575,13 @@ async fn outbox_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
             let span = tracing::info_span!("outbox", trace_id = %trace.trace_id, path = %item.path);
             let outcome = tokio::select! {
                 r = hub.client.call("smoc-service", &smoc, method, &item.path, body, &trace).instrument(span) => r,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             };
             match outcome {
-                Ok(resp) if (200..300).contains(&resp.status) => {
-                    let k = key.clone();
-                    if let Err(e) = hub.store.run(move |s| s.delete(OUTBOX, &k)).await {
-                        tracing::error!(error = %e, "cannot delete delivered outbox item");
-                    }
-                }
+                Ok(resp) if (200..300).contains(&resp.status) => done.push(key),
                 Ok(resp) => {
                     tracing::error!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service refused outbox item; dropping it");
-                    let k = key.clone();
-                    if let Err(e) = hub.store.run(move |s| s.delete(OUTBOX, &k)).await {
-                        tracing::error!(error = %e, "cannot delete refused outbox item");
-                    }
+                    done.push(key);
                 }
                 Err(e) => {
                     let permanent = !e.is_transient() && !matches!(e, ClientError::CircuitOpen(_));
@@ -517,6 +597,22 @@ async fn outbox_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
                     break;
                 }
             }
+        }
+        if !done.is_empty() {
+            let delivered = done.len();
+            if let Err(e) = hub
+                .store
+                .run(move |s| s.write_batch(OUTBOX, &[], &done))
+                .await
+            {
+                tracing::error!(error = %e, delivered, "cannot delete delivered outbox items; they will be delivered again");
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if more && !failed {
+            continue;
         }
         let wait = if failed {
             let w = backoff;
@@ -583,4 +679,89 @@ pub async fn start(ctx: ServiceContext) -> Result<Running, ServerError> {
         Ok(())
     });
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(serial: &str, model: &str) -> MeterSpec {
+        MeterSpec {
+            serial_number: serial.into(),
+            manufacturer: "Landis+Gyr".into(),
+            model: model.into(),
+            protocol: "DLMS/COSEM".into(),
+            hes_id: "hes-1".into(),
+            location: None,
+            desired_state: DesiredState::Active,
+        }
+    }
+
+    #[test]
+    fn plan_keeps_identity_and_skips_identical_puts() {
+        let new = plan_upsert(None, spec("S1", "E450"), || "dev-1".into(), || "t0".into());
+        assert_eq!((new.status, new.changed), (201, true));
+        assert_eq!(new.record.device_id, "dev-1");
+
+        let same = plan_upsert(
+            Some(&new.record),
+            spec("S1", "E450"),
+            || unreachable!(),
+            || unreachable!(),
+        );
+        assert_eq!((same.status, same.changed), (200, false));
+
+        let mut decommission = spec("S1", "E360");
+        decommission.desired_state = DesiredState::Decommissioned;
+        let changed = plan_upsert(
+            Some(&new.record),
+            decommission,
+            || unreachable!(),
+            || "t1".into(),
+        );
+        assert_eq!((changed.status, changed.changed), (200, true));
+        assert_eq!(changed.record.device_id, "dev-1");
+        assert_eq!(changed.record.provisioned_at, "t0");
+        assert_eq!(changed.record.state, "Decommissioned");
+        assert_eq!(changed.record.model, "E360");
+    }
+
+    #[test]
+    fn a_batch_is_one_transaction_and_sees_its_own_items() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "t.redb").expect("open");
+        let trace = TraceContext::from_header_or_new(None);
+        let (_, first) = upsert(&store, spec("S0", "E450"), &trace).expect("single put");
+
+        let items: Vec<BatchItem> = vec![
+            (Some("S0".into()), Ok(spec("S0", "E450"))),
+            (Some("S1".into()), Ok(spec("S1", "E450"))),
+            (
+                Some("bad".into()),
+                Err("manufacturer must not be empty".into()),
+            ),
+            (Some("S1".into()), Ok(spec("S1", "E360"))),
+        ];
+        let results = upsert_batch(&store, items, &trace).expect("batch");
+        let statuses: Vec<u16> = results.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![200, 201, 400, 200]);
+        assert_eq!(
+            results[0].meter.as_ref().map(|m| &m.device_id),
+            Some(&first.device_id)
+        );
+        // The repeated serial updated the record the batch itself created.
+        let created = results[1].meter.clone().expect("record");
+        let updated = results[3].meter.clone().expect("record");
+        assert_eq!(updated.device_id, created.device_id);
+        assert_eq!(updated.model, "E360");
+        assert_eq!(
+            results[2].error.as_deref(),
+            Some("manufacturer must not be empty")
+        );
+
+        let stored: MeterRecord = store.get_json(METERS, "S1").expect("get").expect("stored");
+        assert_eq!(stored, updated);
+        // S0 once (single PUT; the identical batch item queues nothing), S1 twice.
+        assert_eq!(store.count(OUTBOX).expect("count"), 3);
+    }
 }
