@@ -27,6 +27,7 @@ use super::hub_client::{
     ClientSettings, HubClients, HubError, HubTarget, MeterPayload, DEVICE_HUB,
 };
 use super::index::SerialIndex;
+use super::namespaces::TerminatingNamespaces;
 use super::state::{self, backoff, reason, HubCheck, HubResponse, Input, Requeue, Transition};
 use crate::controller::Context;
 use crate::crd::condition::{find, ConditionStatus};
@@ -324,6 +325,23 @@ pub fn earlier_duplicate(
         .map(|m| m.name_any())
 }
 
+/// The hub a deleted Meter has to be deprovisioned from, or why it is let go without a `DELETE`:
+/// its hub is gone or being deleted, or its namespace is being deleted (the hub goes with it, and
+/// the TLS material for the call is deleted first).
+pub fn release_without_deprovision(
+    namespace_terminating: bool,
+    hub: Option<Arc<DeviceHub>>,
+) -> Result<Arc<DeviceHub>, &'static str> {
+    if namespace_terminating {
+        return Err("namespace is being deleted, and its hub with it");
+    }
+    match hub {
+        Some(hub) if hub.meta().deletion_timestamp.is_none() => Ok(hub),
+        Some(_) => Err("hub is being deleted"),
+        None => Err("hub is gone"),
+    }
+}
+
 /// The status as a merge patch: absent optional fields become `null` so that they are removed.
 pub fn status_patch(status: &MeterStatus) -> Value {
     let mut value = serde_json::to_value(status).unwrap_or(Value::Null);
@@ -356,6 +374,7 @@ pub struct MeterContext {
     meters: Store<Meter>,
     serials: Arc<SerialIndex>,
     hubs: Store<DeviceHub>,
+    namespaces: TerminatingNamespaces,
     clients: HubClients,
     epochs: Arc<HubEpochs>,
     confirmed: Mutex<HashMap<(String, String), Confirmation>>,
@@ -458,6 +477,7 @@ pub async fn run<F>(
         meters: meter_store.clone(),
         serials,
         hubs: hub_store,
+        namespaces: TerminatingNamespaces::start(client.clone()),
         epochs: epochs.clone(),
         confirmed: Mutex::new(HashMap::new()),
         errors: Mutex::new(HashMap::new()),
@@ -669,10 +689,12 @@ async fn cleanup(meter: Arc<Meter>, mctx: &MeterContext) -> Result<Action, Meter
         .and_then(|s| s.provisioned_serial_number.clone())
         .unwrap_or_else(|| meter.spec.serial_number.clone());
 
+    let terminating = mctx.namespaces.is_terminating(&ns);
     let hub = match mctx
         .hubs
         .get(&ObjectRef::<DeviceHub>::new(&hub_name).within(&ns))
     {
+        _ if terminating => None,
         Some(h) => Some(h),
         // The cache may lag behind a just-created hub: ask the API server before skipping.
         None => Api::<DeviceHub>::namespaced(mctx.ctx.client.clone(), &ns)
@@ -685,9 +707,12 @@ async fn cleanup(meter: Arc<Meter>, mctx: &MeterContext) -> Result<Action, Meter
             })?
             .map(Arc::new),
     };
-    let Some(hub) = hub.filter(|h| h.meta().deletion_timestamp.is_none()) else {
-        info!(meter = %name, namespace = %ns, hub = %hub_name, "hub is gone; removing the finalizer without deprovisioning");
-        return Ok(Action::await_change());
+    let hub = match release_without_deprovision(terminating, hub) {
+        Ok(hub) => hub,
+        Err(why) => {
+            info!(meter = %name, namespace = %ns, hub = %hub_name, "{why}; removing the finalizer without deprovisioning");
+            return Ok(Action::await_change());
+        }
     };
     let other = holders(&mctx.meters, &mctx.serials, &meter, &serial)
         .into_iter()
@@ -989,6 +1014,28 @@ mod tests {
         assert_eq!(e.epoch("ns", "h"), 1);
         assert!(!e.observe("ns", "h", true));
         assert_eq!(e.epoch("ns", "other"), 0);
+    }
+
+    #[test]
+    fn deleted_meters_are_released_with_their_namespace_or_hub() {
+        let ready = Arc::new(hub(true, 1));
+        let mut deleting = hub(true, 1);
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let deleting = Arc::new(deleting);
+
+        assert!(release_without_deprovision(false, Some(ready.clone())).is_ok());
+        assert_eq!(
+            release_without_deprovision(true, Some(ready)).err(),
+            Some("namespace is being deleted, and its hub with it")
+        );
+        assert_eq!(
+            release_without_deprovision(false, Some(deleting)).err(),
+            Some("hub is being deleted")
+        );
+        assert_eq!(
+            release_without_deprovision(false, None).err(),
+            Some("hub is gone")
+        );
     }
 
     #[test]
