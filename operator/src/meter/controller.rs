@@ -573,6 +573,12 @@ async fn reconcile_inner(
             }
             Ok(action)
         }
+        // A second queued reconcile of a Meter whose finalizer was just removed finds it gone.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status)))
+            if status.code == 404 =>
+        {
+            Ok(Action::await_change())
+        }
         Err(e) => Err(match e {
             kube::runtime::finalizer::Error::ApplyFailed(e)
             | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
