@@ -285,13 +285,13 @@ async fn scenario(client: &Client, ns: &str) -> anyhow::Result<()> {
     }
 
     // The leader exports them by phase, counted from its cache.
-    let series = format!("mpm_operator_meters{{namespace=\"{ns}\",phase=\"Provisioned\"}} 100");
+    let series = format!("mpm_operator_meters{{namespace=\"{ns}\",phase=\"Provisioned\"}}");
     wait_for(
         "mpm_operator_meters counts the 100",
         Duration::from_secs(30),
         || async {
             let text = mpm_e2e::leader_metrics(client).await?;
-            Ok(text.lines().any(|l| l == series).then_some(()))
+            Ok((mpm_e2e::metric(&text, &series) == Some(100.0)).then_some(()))
         },
     )
     .await?;

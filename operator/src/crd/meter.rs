@@ -91,6 +91,27 @@ pub enum MeterPhase {
     Decommissioned,
 }
 
+impl MeterPhase {
+    pub const ALL: [MeterPhase; 5] = [
+        MeterPhase::Pending,
+        MeterPhase::Provisioning,
+        MeterPhase::Provisioned,
+        MeterPhase::Failed,
+        MeterPhase::Decommissioned,
+    ];
+
+    /// The name as written in `status.phase` (a test keeps it equal to serde's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeterPhase::Pending => "Pending",
+            MeterPhase::Provisioning => "Provisioning",
+            MeterPhase::Provisioned => "Provisioned",
+            MeterPhase::Failed => "Failed",
+            MeterPhase::Decommissioned => "Decommissioned",
+        }
+    }
+}
+
 /// Observed state of a Meter.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -119,4 +140,19 @@ pub struct MeterStatus {
     /// `Ready` with a reason such as `Provisioned`, `HubNotReady`, `DuplicateSerial`, `Rejected`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_are_the_serialized_ones() {
+        for phase in MeterPhase::ALL {
+            assert_eq!(
+                serde_json::to_value(phase).ok(),
+                Some(phase.as_str().into())
+            );
+        }
+    }
 }

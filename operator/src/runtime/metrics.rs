@@ -16,7 +16,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use crate::crd::meter::{Meter, MeterPhase};
+use crate::crd::meter::Meter;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -61,16 +61,6 @@ pub struct MeterPhases {
     store: RwLock<Option<Store<Meter>>>,
 }
 
-fn phase_name(phase: MeterPhase) -> &'static str {
-    match phase {
-        MeterPhase::Pending => "Pending",
-        MeterPhase::Provisioning => "Provisioning",
-        MeterPhase::Provisioned => "Provisioned",
-        MeterPhase::Failed => "Failed",
-        MeterPhase::Decommissioned => "Decommissioned",
-    }
-}
-
 impl MeterPhases {
     pub fn attach(&self, store: Store<Meter>) {
         if let Ok(mut slot) = self.store.write() {
@@ -88,7 +78,7 @@ impl MeterPhases {
         for meter in &meters {
             let phase = meter.status.as_ref().map(|s| s.phase).unwrap_or_default();
             let namespace = meter.metadata.namespace.as_deref().unwrap_or_default();
-            *borrowed.entry((namespace, phase_name(phase))).or_insert(0) += 1;
+            *borrowed.entry((namespace, phase.as_str())).or_insert(0) += 1;
         }
         borrowed
             .into_iter()
