@@ -6,8 +6,8 @@
 //! cap and a timeout. Key sets change rarely and a refresh happens every few minutes at most, so
 //! connection reuse would buy nothing and a general HTTP client would be a large dependency.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
@@ -213,39 +213,69 @@ fn redact(url: &str) -> String {
 /// in-house IdP with a private CA), else Mozilla's roots compiled into the binary (the image is
 /// `FROM scratch`: there is no system store to read).
 pub fn idp_roots(ca_file: Option<&Path>) -> Result<RootCertStore, JwksError> {
-    let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let err = |reason: String| JwksError::CaBundle {
+            let pem = std::fs::read(path).map_err(|e| JwksError::CaBundle {
                 path: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(err("no PEM certificate".into()));
-            }
-            for (i, cert) in certs.into_iter().enumerate() {
-                roots
-                    .add(cert)
-                    .map_err(|e| err(format!("certificate #{i}: {e}")))?;
-            }
+                reason: e.to_string(),
+            })?;
+            roots_from_pem(&pem, path)
         }
         None => {
+            let mut roots = RootCertStore::empty();
             let (_added, _ignored) = roots.add_parsable_certificates(
                 webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned(),
             );
+            Ok(roots)
         }
     }
+}
+
+/// The certificates of a PEM bundle read from `path` (named in errors).
+fn roots_from_pem(pem: &[u8], path: &Path) -> Result<RootCertStore, JwksError> {
+    let err = |reason: String| JwksError::CaBundle {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| err(format!("certificate #{i}: {e}")))?;
+    }
     Ok(roots)
+}
+
+fn tls_config(roots: RootCertStore, url: &JwksUrl) -> Result<Arc<ClientConfig>, JwksError> {
+    let mut tls = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| JwksError::Tls {
+            authority: url.authority(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// The CA bundle file the roots came from, and its content when they were built.
+struct CaFile {
+    path: PathBuf,
+    content: Vec<u8>,
 }
 
 /// Fetches a JWKS over HTTPS (server certificate and host name verified against `roots`).
 pub struct JwksFetcher {
     url: JwksUrl,
-    tls: Arc<ClientConfig>,
+    tls: Mutex<Arc<ClientConfig>>,
+    ca_file: Option<Mutex<CaFile>>,
     timeout: Duration,
 }
 
@@ -260,20 +290,58 @@ impl std::fmt::Debug for JwksFetcher {
 
 impl JwksFetcher {
     pub fn new(url: JwksUrl, roots: RootCertStore, timeout: Duration) -> Result<Self, JwksError> {
-        let mut tls = ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| JwksError::Tls {
-                authority: url.authority(),
-                reason: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = tls_config(roots, &url)?;
         Ok(Self {
             url,
-            tls: Arc::new(tls),
+            tls: Mutex::new(tls),
+            ca_file: None,
             timeout,
         })
+    }
+
+    /// Trusts the PEM bundle at `path` (read now) and reads it again before each fetch: a changed
+    /// bundle (a rotated IdP CA, updated in place by the kubelet) is used from then on. A changed
+    /// file that is not a usable bundle is logged and the previous roots stay.
+    pub fn with_ca_file(url: JwksUrl, path: &Path, timeout: Duration) -> Result<Self, JwksError> {
+        let content = std::fs::read(path).map_err(|e| JwksError::CaBundle {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut fetcher = Self::new(url, roots_from_pem(&content, path)?, timeout)?;
+        fetcher.ca_file = Some(Mutex::new(CaFile {
+            path: path.to_path_buf(),
+            content,
+        }));
+        Ok(fetcher)
+    }
+
+    /// The TLS configuration for the next fetch, rebuilt first when the CA file changed.
+    fn current_tls(&self) -> Arc<ClientConfig> {
+        if let Some(ca) = &self.ca_file {
+            let mut ca = ca.lock().unwrap_or_else(|p| p.into_inner());
+            match std::fs::read(&ca.path) {
+                Ok(content) if content != ca.content => {
+                    let rebuilt = roots_from_pem(&content, &ca.path)
+                        .and_then(|roots| tls_config(roots, &self.url));
+                    match rebuilt {
+                        Ok(tls) => {
+                            tracing::info!(path = %ca.path.display(), "IdP CA bundle changed; trusting the new one");
+                            *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "IdP CA bundle changed but is not usable; keeping the previous one");
+                        }
+                    }
+                    // Remembered either way: a bad bundle is reported once, not at every fetch.
+                    ca.content = content;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(path = %ca.path.display(), error = %e, "cannot read the IdP CA bundle; keeping the previous one");
+                }
+            }
+        }
+        self.tls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn url(&self) -> &JwksUrl {
@@ -299,7 +367,7 @@ impl JwksFetcher {
             reason: e.to_string(),
         };
         // The whole fetch is bounded by `fetch`'s timeout, so no separate connect timeout.
-        let mut conn = open_https(&self.url.host, self.url.port, self.tls.clone(), None)
+        let mut conn = open_https(&self.url.host, self.url.port, self.current_tls(), None)
             .await
             .map_err(|e| match e {
                 OpenError::Connect(reason) => JwksError::Connect {

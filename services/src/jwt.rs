@@ -98,7 +98,7 @@ enum Source {
     Fixed,
     File(PathBuf),
     Url {
-        fetcher: JwksFetcher,
+        fetcher: Box<JwksFetcher>,
         policy: RefreshPolicy,
         state: tokio::sync::Mutex<FetchState>,
     },
@@ -169,10 +169,16 @@ impl JwtVerifier {
             )),
             JwksLocation::Url { url, ca_file } => {
                 let policy = RefreshPolicy::default();
-                let roots = idp_roots(ca_file.as_deref())
-                    .map_err(|e| ConfigError::Invalid(format!("jwt.jwksCaFile: {e}")))?;
-                let fetcher = JwksFetcher::new(url, roots, policy.timeout)
-                    .map_err(|e| ConfigError::Invalid(format!("jwt.jwksUrl: {e}")))?;
+                let fetcher = match ca_file.as_deref() {
+                    Some(path) => JwksFetcher::with_ca_file(url, path, policy.timeout)
+                        .map_err(|e| ConfigError::Invalid(format!("jwt.jwksCaFile: {e}")))?,
+                    None => {
+                        let roots = idp_roots(None)
+                            .map_err(|e| ConfigError::Invalid(format!("jwt.jwksCaFile: {e}")))?;
+                        JwksFetcher::new(url, roots, policy.timeout)
+                            .map_err(|e| ConfigError::Invalid(format!("jwt.jwksUrl: {e}")))?
+                    }
+                };
                 Ok(Self::from_url(
                     &cfg.issuer,
                     &cfg.audience,
@@ -206,7 +212,7 @@ impl JwtVerifier {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let source = Source::Url {
-            fetcher,
+            fetcher: Box::new(fetcher),
             policy,
             state: tokio::sync::Mutex::new(FetchState::default()),
         };

@@ -477,3 +477,34 @@ async fn smoc_service_with_a_missing_jwks_file_is_not_ready() {
     .await;
     smoc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_idp_ca_bundle_is_used_from_the_next_fetch() {
+    let k1 = SigningKey::new("k1");
+    let idp = Idp::start(&jwks(&[&k1])).await;
+    let url = || JwksUrl::parse(&idp.url()).expect("url");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("ca.crt");
+
+    // The mounted bundle still holds another CA: the IdP's certificate is refused.
+    std::fs::write(&bundle, &Ca::new("previous IdP CA").pem).expect("write");
+    let fetcher =
+        JwksFetcher::with_ca_file(url(), &bundle, Duration::from_secs(2)).expect("fetcher");
+    let refused = fetcher.fetch().await.expect_err("unknown CA");
+    assert!(matches!(refused, JwksError::Tls { .. }), "{refused}");
+
+    // The kubelet swaps in the new bundle: the next fetch trusts it, without a restart.
+    std::fs::copy(&idp.ca_file, &bundle).expect("rotate");
+    let keys = fetcher.fetch().await.expect("fetch with the rotated CA");
+    assert!(!keys.keys.keys.is_empty());
+
+    // A broken bundle does not replace the working roots.
+    std::fs::write(&bundle, b"not a certificate").expect("write");
+    fetcher.fetch().await.expect("previous roots kept");
+
+    // A bundle that cannot be read at start is a configuration error naming the file.
+    let missing = dir.path().join("absent.crt");
+    let e =
+        JwksFetcher::with_ca_file(url(), &missing, Duration::from_secs(2)).expect_err("missing");
+    assert!(e.to_string().contains("absent.crt"), "{e}");
+}

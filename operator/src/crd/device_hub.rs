@@ -193,10 +193,16 @@ pub struct JwtSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_config_map: Option<String>,
     /// An `https://` URL serving the JWKS (the identity provider's certificate must chain to a
-    /// public root CA); refreshed every 5 minutes and on an unknown key id. smoc-service needs a
-    /// ServiceACL egress rule to reach it. Exactly one of `jwksConfigMap` and `jwksUrl` is set.
+    /// public root CA, or to `jwksCaConfigMap`); refreshed every 5 minutes and on an unknown key
+    /// id. smoc-service needs a ServiceACL egress rule to reach it. Exactly one of `jwksConfigMap`
+    /// and `jwksUrl` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    /// Only with `jwksUrl`, for an identity provider whose certificate comes from a private CA: a
+    /// ConfigMap in the hub's namespace whose key `ca.crt` holds the PEM CA certificates it must
+    /// chain to (instead of the public roots). A changed bundle is used from the next fetch on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_config_map: Option<String>,
 }
 
 /// Observed state of a DeviceHub.

@@ -97,6 +97,17 @@ pub fn validate_jwt(jwt: &JwtSpec) -> Vec<SpecError> {
         )),
         _ => {}
     }
+    match (&jwt.jwks_ca_config_map, &jwt.jwks_url) {
+        (Some(_), None) => errors.push(SpecError::new(
+            "spec.jwt.jwksCaConfigMap",
+            "applies to jwksUrl only (it says which CA the identity provider's certificate chains to); remove it or use jwksUrl",
+        )),
+        (Some(cm), Some(_)) if !valid_dns_subdomain(cm) => errors.push(SpecError::new(
+            "spec.jwt.jwksCaConfigMap",
+            format!("{cm:?} is not a valid ConfigMap name"),
+        )),
+        _ => {}
+    }
     for (field, value) in [("issuer", &jwt.issuer), ("audience", &jwt.audience)] {
         if value.trim().is_empty() {
             errors.push(SpecError::new(
@@ -361,6 +372,7 @@ mod tests {
             audience: "smoc".into(),
             jwks_config_map: config_map.map(Into::into),
             jwks_url: url.map(Into::into),
+            jwks_ca_config_map: None,
         }
     }
 
@@ -394,6 +406,19 @@ mod tests {
         let mut empty = jwt(Some("jwks"), None);
         empty.audience = " ".into();
         assert_eq!(fields(empty), ["spec.jwt.audience"]);
+
+        // A private CA for the identity provider: with a URL only, and a valid name.
+        let mut private = jwt(None, Some("https://idp.internal/certs"));
+        private.jwks_ca_config_map = Some("idp-ca".into());
+        assert!(validate_jwt(&private).is_empty());
+        private.jwks_ca_config_map = Some("Bad_Name".into());
+        assert_eq!(fields(private), ["spec.jwt.jwksCaConfigMap"]);
+        let mut file_with_ca = jwt(Some("jwks"), None);
+        file_with_ca.jwks_ca_config_map = Some("idp-ca".into());
+        let errors = validate_jwt(&file_with_ca);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec.jwt.jwksCaConfigMap");
+        assert!(errors[0].message.contains("jwksUrl only"), "{errors:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const TRUST_DIR: &str = "/etc/mpm/trust";
 pub const ACL_DIR: &str = "/etc/mpm/acl";
 pub const CONFIG_DIR: &str = "/etc/mpm/config";
 pub const JWKS_DIR: &str = "/etc/mpm/jwks";
+pub const JWKS_CA_DIR: &str = "/etc/mpm/jwks-ca";
 pub const DATA_DIR: &str = "/var/lib/mpm";
 /// Keys inside the mounted objects.
 pub const TRUST_BUNDLE_KEY: &str = "ca-bundle.pem";

@@ -177,15 +177,14 @@ pub fn deployment(hub: &HubContext, svc: &ResolvedService) -> Deployment {
             ..mount("data", DATA_DIR)
         },
     ];
-    if svc.kind == ServiceKind::Smoc {
-        if let Some(cm) = hub
-            .spec
-            .jwt
-            .as_ref()
-            .and_then(|j| j.jwks_config_map.clone())
-        {
+    if let (ServiceKind::Smoc, Some(jwt)) = (svc.kind, hub.spec.jwt.as_ref()) {
+        if let Some(cm) = jwt.jwks_config_map.clone() {
             volumes.push(config_map_volume("jwks", cm, false));
             mounts.push(mount("jwks", JWKS_DIR));
+        }
+        if let Some(cm) = jwt.jwks_ca_config_map.clone() {
+            volumes.push(config_map_volume("jwks-ca", cm, false));
+            mounts.push(mount("jwks-ca", JWKS_CA_DIR));
         }
     }
     let mut env = vec![
@@ -391,6 +390,7 @@ pub fn service_config(hub: &HubContext, svc: &ResolvedService) -> serde_json::Va
                 "audience": jwt.audience,
                 "jwksFile": jwt.jwks_config_map.as_ref().map(|_| format!("{JWKS_DIR}/jwks.json")),
                 "jwksUrl": jwt.jwks_url,
+                "jwksCaFile": jwt.jwks_ca_config_map.as_ref().map(|_| format!("{JWKS_CA_DIR}/ca.crt")),
             });
         }
     }
@@ -495,6 +495,60 @@ mod tests {
             config["peers"]["device-hub"]["url"],
             "https://demo-device-hub.park.svc:8443"
         );
+    }
+
+    #[test]
+    fn smoc_service_gets_the_identity_providers_private_ca() {
+        let spec = DeviceHubSpec {
+            include_default_services: true,
+            trust_domain: "cluster.local".into(),
+            jwt: Some(crate::crd::device_hub::JwtSpec {
+                issuer: "https://idp.internal/realms/utility".into(),
+                audience: "smoc-api".into(),
+                jwks_config_map: None,
+                jwks_url: Some("https://idp.internal/certs".into()),
+                jwks_ca_config_map: Some("idp-ca".into()),
+            }),
+            ..DeviceHubSpec::default()
+        };
+        let services = resolve_services("demo", &spec).unwrap();
+        let hub = HubContext {
+            name: "demo",
+            namespace: "park",
+            spec: &spec,
+            owner: owner(),
+            services: &services,
+        };
+        for svc in &services {
+            let d = deployment(&hub, svc);
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let ca_volume = pod
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .find(|v| v.config_map.as_ref().map(|c| c.name.as_str()) == Some("idp-ca"));
+            let mounted = pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == JWKS_CA_DIR);
+            let config = service_config(&hub, svc);
+            if svc.kind == ServiceKind::Smoc {
+                let volume = ca_volume.expect("smoc-service mounts the CA ConfigMap");
+                assert_eq!(volume.config_map.and_then(|c| c.optional), Some(false));
+                assert!(mounted, "{JWKS_CA_DIR} not mounted");
+                assert_eq!(config["jwt"]["jwksCaFile"], "/etc/mpm/jwks-ca/ca.crt");
+                assert_eq!(config["jwt"]["jwksUrl"], "https://idp.internal/certs");
+                assert!(config["jwt"]["jwksFile"].is_null(), "{config}");
+            } else {
+                assert!(
+                    ca_volume.is_none() && !mounted,
+                    "{} mounts the IdP CA",
+                    svc.name
+                );
+                assert!(config.get("jwt").is_none(), "{config}");
+            }
+        }
     }
 
     #[test]
