@@ -422,6 +422,17 @@ mod tests {
         }
     }
 
+    /// Hub `demo` in namespace `park`.
+    fn demo_hub<'a>(spec: &'a DeviceHubSpec, services: &'a [ResolvedService]) -> HubContext<'a> {
+        HubContext {
+            name: "demo",
+            namespace: "park",
+            spec,
+            owner: owner(),
+            services,
+        }
+    }
+
     #[test]
     fn deployment_is_restricted_and_mounts_the_contract_paths() {
         let spec = DeviceHubSpec {
@@ -430,13 +441,7 @@ mod tests {
             ..DeviceHubSpec::default()
         };
         let services = resolve_services("demo", &spec).unwrap();
-        let hub = HubContext {
-            name: "demo",
-            namespace: "park",
-            spec: &spec,
-            owner: owner(),
-            services: &services,
-        };
+        let hub = demo_hub(&spec, &services);
         let d = deployment(&hub, &services[0]);
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
@@ -512,13 +517,7 @@ mod tests {
             ..DeviceHubSpec::default()
         };
         let services = resolve_services("demo", &spec).unwrap();
-        let hub = HubContext {
-            name: "demo",
-            namespace: "park",
-            spec: &spec,
-            owner: owner(),
-            services: &services,
-        };
+        let hub = demo_hub(&spec, &services);
         for svc in &services {
             let d = deployment(&hub, svc);
             let pod = d.spec.unwrap().template.spec.unwrap();
@@ -566,13 +565,7 @@ mod tests {
             ..Default::default()
         });
         let services = resolve_services("demo", &spec).unwrap();
-        let hub = HubContext {
-            name: "demo",
-            namespace: "park",
-            spec: &spec,
-            owner: owner(),
-            services: &services,
-        };
+        let hub = demo_hub(&spec, &services);
         let pdb = pod_disruption_budget(&hub, &services[1], "policy/v1beta1").unwrap();
         assert_eq!(pdb.types.unwrap().api_version, "policy/v1beta1");
         assert_eq!(pdb.data["spec"]["minAvailable"], 1);
