@@ -727,7 +727,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_one_transaction_and_sees_its_own_items() {
+    fn a_batch_sees_its_own_items_and_skips_identical_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), "t.redb").expect("open");
         let trace = TraceContext::from_header_or_new(None);

@@ -214,13 +214,7 @@ fn redact(url: &str) -> String {
 /// `FROM scratch`: there is no system store to read).
 pub fn idp_roots(ca_file: Option<&Path>) -> Result<RootCertStore, JwksError> {
     match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| JwksError::CaBundle {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            roots_from_pem(&pem, path)
-        }
+        Some(path) => roots_from_pem(&read_ca_bundle(path)?, path),
         None => {
             let mut roots = RootCertStore::empty();
             let (_added, _ignored) = roots.add_parsable_certificates(
@@ -229,6 +223,13 @@ pub fn idp_roots(ca_file: Option<&Path>) -> Result<RootCertStore, JwksError> {
             Ok(roots)
         }
     }
+}
+
+fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, JwksError> {
+    std::fs::read(path).map_err(|e| JwksError::CaBundle {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// The certificates of a PEM bundle read from `path` (named in errors).
@@ -303,10 +304,7 @@ impl JwksFetcher {
     /// bundle (a rotated IdP CA, updated in place by the kubelet) is used from then on. A changed
     /// file that is not a usable bundle is logged and the previous roots stay.
     pub fn with_ca_file(url: JwksUrl, path: &Path, timeout: Duration) -> Result<Self, JwksError> {
-        let content = std::fs::read(path).map_err(|e| JwksError::CaBundle {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let content = read_ca_bundle(path)?;
         let mut fetcher = Self::new(url, roots_from_pem(&content, path)?, timeout)?;
         fetcher.ca_file = Some(Mutex::new(CaFile {
             path: path.to_path_buf(),
