@@ -139,7 +139,7 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
         .next()
         .and_then(|p| p.metadata.name)
         .ok_or_else(|| anyhow::anyhow!("no connector pod"))?;
-    let ingest = ingest(&pods, &connector, &xml).await?;
+    let ingest = connector_http(&pods, &connector, "POST /ingest", Some(&xml)).await?;
     println!("connector answered: {ingest}");
     assert!(
         ingest.starts_with("HTTP/1.1 202"),
@@ -161,9 +161,11 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     )?;
     let bearer = format!("Bearer {token}");
     let path = format!("/v1/meters/{serial}/readings");
+    // An event the connector could not forward stays in its dead-letter store and is redelivered
+    // automatically (contract: ingest API); the reading must arrive either way.
     let readings = wait_for(
         "reading visible in smoc-service",
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         || async {
             let (status, body) = mtls_call(
                 client,
@@ -180,7 +182,14 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
             Ok((status == 200 && body.contains("42.5")).then_some(body))
         },
     )
-    .await?;
+    .await;
+    let readings = match readings {
+        Ok(r) => r,
+        Err(e) => {
+            let dead = connector_http(&pods, &connector, "GET /dead-letters", None).await;
+            anyhow::bail!("{e}; the connector's dead letters: {dead:?}");
+        }
+    };
     println!("smoc-service readings: {readings}");
 
     // Without a token the query API refuses; the connector's identity is refused outright.
@@ -214,15 +223,23 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
 }
 
 /// Posts the document to the connector's ingest port through a port-forward (plain HTTP).
-async fn ingest(pods: &Api<Pod>, pod: &str, xml: &str) -> anyhow::Result<String> {
+/// One plain HTTP/1.1 request to the connector's ingest port (contract: ingest API) through a
+/// port-forward: `request` is the method and path, `xml` an optional XML body.
+async fn connector_http(
+    pods: &Api<Pod>,
+    pod: &str,
+    request: &str,
+    xml: Option<&str>,
+) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut forwarder = pods.portforward(pod, &[8090]).await?;
     let mut stream = forwarder
         .take_stream(8090)
         .ok_or_else(|| anyhow::anyhow!("no port-forward stream"))?;
+    let body = xml.unwrap_or("");
     let request = format!(
-        "POST /ingest HTTP/1.1\r\nhost: connector\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
-        xml.len()
+        "{request} HTTP/1.1\r\nhost: connector\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();

@@ -1,7 +1,9 @@
 //! iec61968-connector: plain-HTTP ingest from the HES (contract: Ports, `ingest` 8090), normalization
-//! of IEC 61968-9 messages, forwarding to device-hub over mTLS, and a persisted dead-letter store.
+//! of IEC 61968-9 messages, forwarding to device-hub over mTLS, and a persisted dead-letter store
+//! that is redelivered automatically once device-hub answers again (contract: ingest API).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -10,22 +12,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
 
 use crate::client::{ClientPolicy, MtlsClient};
 use crate::config::PeerConfig;
 use crate::iec::{parse_events, NormalizedEvent};
 use crate::metrics::Metrics;
+use crate::retry::RoundBackoff;
 use crate::server::{
-    bind, json_error, serve_plain, start_common, traced_app, RequestTrace, Running, ServerError,
-    ServiceContext,
+    bind, internal_error, json_error, serve_plain, start_common, traced_app, RequestTrace, Running,
+    ServerError, ServiceContext,
 };
-use crate::store::{queue_key, Store};
+use crate::store::{queue_key, Store, StoreError};
 use crate::util::{rfc3339, TraceContext};
 
 pub const SERVICE: &str = "iec61968-connector";
 pub const STORE_FILE: &str = "iec61968-connector.redb";
 pub const DEAD_LETTERS: &str = "dead_letters";
 const MAX_INGEST_BYTES: usize = 16 << 20;
+/// Automatic redelivery: the first round this long after an event was dead-lettered, doubling
+/// while device-hub stays unreachable, up to the cap.
+const REDELIVERY_FIRST: Duration = Duration::from_secs(2);
+const REDELIVERY_MAX: Duration = Duration::from_secs(60);
+const REDELIVERY_PAGE: usize = 100;
 
 /// An event that could not be delivered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +46,53 @@ pub struct DeadLetter {
     pub failed_at: String,
     pub attempts: u32,
     pub traceparent: String,
+    /// device-hub refused the event itself: automatic redelivery skips it (it would be refused
+    /// again); `POST /dead-letters/replay` still tries it.
+    #[serde(default)]
+    pub rejected: bool,
+}
+
+/// Why an event did not reach device-hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ForwardError {
+    /// Not reached, or an answer worth retrying (transport, TLS, 5xx, 408, 429, 403 from an ACL
+    /// that may still change): automatic redelivery retries it.
+    Undelivered(String),
+    /// device-hub refused the payload (400, 413, 422): the same event is refused every time.
+    Rejected(String),
+}
+
+impl ForwardError {
+    fn from_status(status: u16, body: &[u8]) -> Self {
+        let message = format!(
+            "device-hub answered {status}: {}",
+            String::from_utf8_lossy(body)
+        );
+        if refused_for_good(status) {
+            ForwardError::Rejected(message)
+        } else {
+            ForwardError::Undelivered(message)
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            ForwardError::Undelivered(m) | ForwardError::Rejected(m) => m,
+        }
+    }
+}
+
+/// Answers that refuse the event itself rather than the moment or the caller.
+fn refused_for_good(status: u16) -> bool {
+    matches!(status, 400 | 413 | 422)
+}
+
+/// What one pass over the dead letters did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    replayed: usize,
+    /// Stopped at an event device-hub did not take (unreachable): the rest waits for the next round.
+    stalled: bool,
 }
 
 struct Connector {
@@ -44,15 +100,24 @@ struct Connector {
     client: Arc<MtlsClient>,
     hub: Option<PeerConfig>,
     metrics: Arc<Metrics>,
+    /// One redelivery round at a time (automatic or `POST /dead-letters/replay`), so that no
+    /// event is sent twice by two rounds.
+    replay_lock: tokio::sync::Mutex<()>,
+    /// Signalled whenever an event is dead-lettered.
+    dead_lettered: Notify,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Connector {
-    async fn forward(&self, ev: &NormalizedEvent, trace: &TraceContext) -> Result<(), String> {
-        let hub = self
-            .hub
-            .as_ref()
-            .ok_or_else(|| "peers.device-hub missing in config.json".to_string())?;
-        let body = serde_json::to_vec(ev).map_err(|e| e.to_string())?;
+    async fn forward(
+        &self,
+        ev: &NormalizedEvent,
+        trace: &TraceContext,
+    ) -> Result<(), ForwardError> {
+        let hub = self.hub.as_ref().ok_or_else(|| {
+            ForwardError::Undelivered("peers.device-hub missing in config.json".to_string())
+        })?;
+        let body = serde_json::to_vec(ev).map_err(|e| ForwardError::Rejected(e.to_string()))?;
         match self
             .client
             .call(
@@ -66,28 +131,120 @@ impl Connector {
             .await
         {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
-            Ok(r) => Err(format!(
-                "device-hub answered {}: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            )),
-            Err(e) => Err(e.to_string()),
+            Ok(r) => Err(ForwardError::from_status(r.status, &r.body)),
+            Err(e) => Err(ForwardError::Undelivered(e.to_string())),
         }
     }
 
-    async fn refresh_gauge(&self) {
-        if let Ok(n) = self.store.run(|s| s.count(DEAD_LETTERS)).await {
-            self.metrics.dead_letters.set(n as i64);
+    /// Sends the dead letters again, oldest first, deleting each one device-hub takes. Stops at
+    /// the first one device-hub does not take for a reason other than refusing it (it is
+    /// unreachable; the rest would fail the same way). `retry_rejected`: also events device-hub
+    /// refused before.
+    async fn redeliver_round(&self, retry_rejected: bool) -> Result<Round, StoreError> {
+        let _one_round_at_a_time = self.replay_lock.lock().await;
+        let mut round = Round::default();
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.clone();
+            let page = self
+                .store
+                .run(move |s| {
+                    s.page_after::<DeadLetter>(DEAD_LETTERS, from.as_deref(), REDELIVERY_PAGE)
+                })
+                .await?;
+            let full = page.len() >= REDELIVERY_PAGE;
+            for (key, mut dl) in page {
+                after = Some(key.clone());
+                if *self.shutdown.borrow() {
+                    return Ok(round);
+                }
+                if dl.rejected && !retry_rejected {
+                    continue;
+                }
+                let trace = TraceContext::from_header_or_new(Some(&dl.traceparent));
+                match self.forward(&dl.event, &trace).await {
+                    Ok(()) => {
+                        self.store
+                            .run(move |s| s.delete(DEAD_LETTERS, &key))
+                            .await?;
+                        round.replayed += 1;
+                    }
+                    Err(err) => {
+                        dl.rejected = matches!(err, ForwardError::Rejected(_));
+                        dl.error = err.message().to_string();
+                        dl.attempts = dl.attempts.saturating_add(1);
+                        dl.failed_at = rfc3339(chrono::Utc::now());
+                        self.store
+                            .run(move |s| s.put_json(DEAD_LETTERS, &key, &dl))
+                            .await?;
+                        if !matches!(err, ForwardError::Rejected(_)) {
+                            round.stalled = true;
+                            return Ok(round);
+                        }
+                    }
+                }
+            }
+            if !full {
+                return Ok(round);
+            }
         }
+    }
+
+    /// Dead letters left in the store (also the `mpm_dead_letters` gauge).
+    async fn count_dead_letters(&self) -> Result<u64, StoreError> {
+        let n = self.store.run(|s| s.count(DEAD_LETTERS)).await?;
+        self.metrics
+            .dead_letters
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        Ok(n)
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "internal error");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {e}"),
-    )
+/// Redelivers dead letters without an operator: a round soon after an event is dead-lettered
+/// (and at start, for what a previous run left), then with backoff while device-hub stays
+/// unreachable, and idle while nothing retryable is left.
+async fn redeliver_dead_letters(c: Arc<Connector>) {
+    let mut shutdown = c.shutdown.clone();
+    let mut backoff = RoundBackoff::new(REDELIVERY_FIRST, REDELIVERY_MAX);
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {},
+            _ = shutdown.changed() => return,
+        }
+        let round = c.redeliver_round(false).await;
+        let _ = c.count_dead_letters().await;
+        match round {
+            Ok(Round {
+                stalled: true,
+                replayed,
+            }) => {
+                wait = backoff.failed();
+                tracing::info!(
+                    replayed,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "device-hub still unreachable; dead letters wait"
+                );
+                continue;
+            }
+            Ok(Round { replayed, .. }) => {
+                backoff.succeeded();
+                if replayed > 0 {
+                    tracing::info!(replayed, "dead letters redelivered");
+                }
+            }
+            Err(e) => {
+                wait = backoff.failed();
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read or update the dead-letter store");
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = c.dead_lettered.notified() => {},
+            _ = shutdown.changed() => return,
+        }
+        wait = REDELIVERY_FIRST;
+    }
 }
 
 async fn ingest(
@@ -112,28 +269,32 @@ async fn ingest(
         match c.forward(ev, &trace.0).await {
             Ok(()) => forwarded += 1,
             Err(err) => {
-                tracing::warn!(serial = %ev.serial_number, error = %err, "event dead-lettered");
+                tracing::warn!(serial = %ev.serial_number, error = %err.message(), "event dead-lettered");
                 let id = queue_key();
                 let dl = DeadLetter {
                     id: id.clone(),
                     event: ev.clone(),
-                    error: err,
+                    error: err.message().to_string(),
                     failed_at: rfc3339(chrono::Utc::now()),
                     attempts: 1,
                     traceparent: trace.0.header_value(),
+                    rejected: matches!(err, ForwardError::Rejected(_)),
                 };
                 if let Err(e) = c
                     .store
                     .run(move |s| s.put_json(DEAD_LETTERS, &id, &dl))
                     .await
                 {
-                    return internal(e);
+                    return internal_error(e);
                 }
                 dead += 1;
             }
         }
     }
-    c.refresh_gauge().await;
+    if dead > 0 {
+        c.dead_lettered.notify_one();
+    }
+    let _ = c.count_dead_letters().await;
     (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({
@@ -153,45 +314,23 @@ async fn list_dead_letters(State(c): State<Arc<Connector>>) -> Response {
             "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
+/// `POST /dead-letters/replay`: one round now, including events device-hub refused before.
 async fn replay(State(c): State<Arc<Connector>>) -> Response {
-    let items = match c
-        .store
-        .run(|s| s.list_json::<DeadLetter>(DEAD_LETTERS))
-        .await
-    {
-        Ok(i) => i,
-        Err(e) => return internal(e),
+    let round = match c.redeliver_round(true).await {
+        Ok(r) => r,
+        Err(e) => return internal_error(e),
     };
-    let (mut replayed, mut remaining) = (0usize, 0usize);
-    for (key, mut dl) in items {
-        let trace = TraceContext::from_header_or_new(Some(&dl.traceparent));
-        let r = c.forward(&dl.event, &trace).await;
-        let k = key.clone();
-        let res = match r {
-            Ok(()) => {
-                replayed += 1;
-                c.store.run(move |s| s.delete(DEAD_LETTERS, &k)).await
-            }
-            Err(err) => {
-                remaining += 1;
-                dl.error = err;
-                dl.attempts = dl.attempts.saturating_add(1);
-                dl.failed_at = rfc3339(chrono::Utc::now());
-                c.store
-                    .run(move |s| s.put_json(DEAD_LETTERS, &k, &dl))
-                    .await
-            }
-        };
-        if let Err(e) = res {
-            return internal(e);
-        }
+    match c.count_dead_letters().await {
+        Ok(remaining) => Json(serde_json::json!({
+            "replayed": round.replayed, "remaining": remaining
+        }))
+        .into_response(),
+        Err(e) => internal_error(e),
     }
-    c.refresh_gauge().await;
-    Json(serde_json::json!({ "replayed": replayed, "remaining": remaining })).into_response()
 }
 
 fn ingest_router(c: Arc<Connector>) -> Router {
@@ -222,13 +361,16 @@ pub async fn start(
         )),
         hub: ctx.config.peers.get("device-hub").cloned(),
         metrics: ctx.metrics.clone(),
+        replay_lock: tokio::sync::Mutex::new(()),
+        dead_lettered: Notify::new(),
+        shutdown: ctx.shutdown.clone(),
     });
     if c.hub.is_none() {
         tracing::warn!(
             "peers.device-hub missing in config.json: every event will be dead-lettered"
         );
     }
-    c.refresh_gauge().await;
+    c.count_dead_letters().await?;
     let listener = bind(ingest_addr).await?;
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: ingest_addr,
@@ -237,9 +379,13 @@ pub async fn start(
     let mut running = start_common(&ctx, Router::new()).await?;
     running.tasks.spawn(serve_plain(
         listener,
-        traced_app(ingest_router(c), &ctx),
+        traced_app(ingest_router(c.clone()), &ctx),
         ctx.shutdown.clone(),
     ));
+    running.tasks.spawn(async move {
+        redeliver_dead_letters(c).await;
+        Ok(())
+    });
     tracing::info!(ingest = %local, "ingest listening");
     running.ingest_addr = Some(local);
     Ok(running)
@@ -256,4 +402,44 @@ pub fn ingest_addr_from_env() -> Result<std::net::SocketAddr, crate::config::Con
             value: value.clone(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_payload_is_rejected_for_good() {
+        for status in [400, 413, 422] {
+            assert!(
+                matches!(
+                    ForwardError::from_status(status, b"bad"),
+                    ForwardError::Rejected(m) if m == format!("device-hub answered {status}: bad")
+                ),
+                "{status}"
+            );
+        }
+        // An ACL that does not allow the connector yet, a missing route during a rollout, or
+        // an overloaded hub: worth another round.
+        for status in [401, 403, 404, 409, 429, 500, 503] {
+            assert!(
+                matches!(
+                    ForwardError::from_status(status, b""),
+                    ForwardError::Undelivered(_)
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn dead_letters_stored_before_the_rejected_flag_are_retried() {
+        let stored = serde_json::json!({
+            "id": "1", "error": "connect: refused", "failedAt": "2026-11-22T10:00:00Z",
+            "attempts": 1, "traceparent": "",
+            "event": {"kind": "reading", "serialNumber": "M", "timestamp": "2026-11-22T10:00:00Z"}
+        });
+        let dl: DeadLetter = serde_json::from_value(stored).expect("old record");
+        assert!(!dl.rejected);
+    }
 }

@@ -12,6 +12,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod reload;
+pub mod retry;
 pub mod server;
 pub mod smoc;
 pub mod store;

@@ -63,6 +63,15 @@ pub struct RequestTrace(pub TraceContext);
 struct RouteTag(String);
 
 /// `{"error": msg}` with a status.
+/// `500` for a failure of the service itself (its store), logged with the error.
+pub fn internal_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "internal error");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+}
+
 pub fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }

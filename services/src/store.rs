@@ -1,6 +1,7 @@
 //! Durable key-value persistence on redb under the data dir. Every write is its own transaction
 //! committed with `Durability::Immediate`, so a SIGTERM right after an answer loses nothing.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -182,6 +183,36 @@ impl Store {
         end: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, T)>, StoreError> {
+        self.read_range(
+            table,
+            (Bound::Included(start), Bound::Unbounded),
+            limit,
+            |key| match end {
+                Some(e) => key < e,
+                None => key.starts_with(start),
+            },
+        )
+    }
+
+    /// Up to `limit` entries with keys after `after` (from the first when `None`), in key order:
+    /// pages through a queue whose earlier entries may stay.
+    pub fn page_after<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.read_range(table, (from, Bound::Unbounded), limit, |_| true)
+    }
+
+    fn read_range<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        bounds: (Bound<&str>, Bound<&str>),
+        limit: usize,
+        keep_going: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = match tx.open_table(Self::def(table)) {
             Ok(t) => t,
@@ -189,23 +220,20 @@ impl Store {
             Err(e) => return Err(db_err(e)),
         };
         let mut out = Vec::new();
-        let iter = t.range(start..).map_err(db_err)?;
-        for item in iter {
+        for item in t.range::<&str>(bounds).map_err(db_err)? {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = item.map_err(db_err)?;
             let key = k.value().to_string();
-            match end {
-                Some(e) if key.as_str() >= e => break,
-                None if !key.starts_with(start) => break,
-                _ => {}
+            if !keep_going(&key) {
+                break;
             }
             let value = serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
                 key: key.clone(),
                 source,
             })?;
             out.push((key, value));
-            if out.len() >= limit {
-                break;
-            }
         }
         Ok(out)
     }
@@ -274,5 +302,24 @@ mod tests {
         assert_eq!(a, vec![("a|2".to_string(), 2)]);
         assert_eq!(s.count("m").expect("count"), 2);
         assert!(queue_key() < queue_key());
+    }
+
+    #[test]
+    fn pages_after_a_key_and_bounds_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), "t.redb").expect("open");
+        for (k, v) in [("1", 1u32), ("2", 2), ("3", 3), ("4", 4)] {
+            s.put_json("q", k, &v).expect("put");
+        }
+        let first: Vec<(String, u32)> = s.page_after("q", None, 2).expect("page");
+        assert_eq!(first, vec![("1".into(), 1), ("2".into(), 2)]);
+        let next: Vec<(String, u32)> = s.page_after("q", Some("2"), 2).expect("page");
+        assert_eq!(next, vec![("3".into(), 3), ("4".into(), 4)]);
+        let none: Vec<(String, u32)> = s.page_after("q", Some("4"), 2).expect("page");
+        assert!(none.is_empty());
+        let bounded: Vec<(String, u32)> = s.range_json("q", "2", Some("4"), 10).expect("range");
+        assert_eq!(bounded, vec![("2".into(), 2), ("3".into(), 3)]);
+        let absent: Vec<(String, u32)> = s.page_after("nope", None, 2).expect("page");
+        assert!(absent.is_empty());
     }
 }

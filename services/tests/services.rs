@@ -222,12 +222,11 @@ async fn ingest_to_device_hub_to_smoc_end_to_end() {
     eventually(15, "device and reading delivered to smoc", || {
         let smoc_health = smoc.health;
         async move {
+            // One call each, or both in one batch when they were queued together.
             let (_, m) = http(smoc_health, "GET", "/metrics", &[], b"").await;
-            m.lines()
-                .any(|l| l.contains("route=\"/v1/readings\"") && l.contains("status=\"201\""))
-                && m.lines().any(|l| {
-                    l.contains("route=\"/v1/devices/{serial}\"") && l.contains("status=\"201\"")
-                })
+            let singles = requests(&m, "/v1/readings", 201) > 0
+                && requests(&m, "/v1/devices/{serial}", 201) > 0;
+            singles || requests(&m, "/v1/batch", 200) > 0
         }
     })
     .await;
@@ -306,7 +305,7 @@ async fn ingest_to_device_hub_to_smoc_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dead_letters_persist_and_replay() {
+async fn dead_letters_persist_and_are_redelivered_once_device_hub_answers() {
     let w = World::new();
     let hub_addr = free_addr();
     let conn_cfg = w.conn_config(&format!("https://{hub_addr}"));
@@ -336,13 +335,15 @@ async fn dead_letters_persist_and_replay() {
     assert_eq!(items.len(), 1, "{body}");
     assert_eq!(items[0]["event"]["serialNumber"], "MTR-3");
     assert_eq!(items[0]["event"]["kind"], "endDeviceEvent");
+    assert_eq!(items[0]["rejected"], false, "{body}");
 
-    // Replay while device-hub is still down: stays.
+    // A manual replay while device-hub is still down: the event stays.
     let (code, body) = http(ingest, "POST", "/dead-letters/replay", &[], b"").await;
     assert_eq!(code, 200);
     assert_eq!(json(&body)["remaining"], 1, "{body}");
 
-    // device-hub comes up on the configured address: replay delivers and empties the store.
+    // device-hub comes up on the configured address: the connector redelivers by itself (after
+    // its backoff and the client's circuit cool-down) and empties the store.
     let smoc_addr = free_addr();
     let hub = start_hub(
         &w.hub,
@@ -350,14 +351,32 @@ async fn dead_letters_persist_and_replay() {
         Some(hub_addr),
     )
     .await;
-    // The connector's circuit may be open after the failures; wait out the cool-down if needed.
-    eventually(30, "replay delivers", || async {
-        let (_, body) = http(ingest, "POST", "/dead-letters/replay", &[], b"").await;
-        json(&body)["replayed"] == 1
-    })
+    eventually(
+        90,
+        "dead letter redelivered without a replay call",
+        || async {
+            let (_, body) = http(ingest, "GET", "/dead-letters", &[], b"").await;
+            json(&body)["items"]
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+        },
+    )
     .await;
-    let (_, body) = http(ingest, "GET", "/dead-letters", &[], b"").await;
-    assert_eq!(json(&body)["items"].as_array().map(|a| a.len()), Some(0));
+    let (_, body) = http(ingest, "POST", "/dead-letters/replay", &[], b"").await;
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"replayed": 0, "remaining": 0})
+    );
     conn.stop().await;
     hub.stop().await;
+
+    // device-hub holds the event exactly once.
+    let store =
+        mpm_services::store::Store::open(&w.hub.data_dir(), mpm_services::device_hub::STORE_FILE)
+            .expect("open device-hub store");
+    let events: Vec<(String, serde_json::Value)> = store
+        .list_json(mpm_services::device_hub::EVENTS)
+        .expect("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["serialNumber"], "MTR-3");
 }

@@ -236,7 +236,12 @@ pub async fn start_hub(mounts: &Mounts, cfg: ServiceConfig, https: Option<Socket
 }
 
 pub async fn start_smoc(mounts: &Mounts, cfg: ServiceConfig) -> Svc {
-    let (ctx, stop) = context("smoc-service", mounts, cfg, None);
+    start_smoc_at(mounts, cfg, None).await
+}
+
+/// smoc-service on a fixed HTTPS address (one a device-hub already points at).
+pub async fn start_smoc_at(mounts: &Mounts, cfg: ServiceConfig, https: Option<SocketAddr>) -> Svc {
+    let (ctx, stop) = context("smoc-service", mounts, cfg, https);
     let running = mpm_services::smoc::start(ctx).await.expect("smoc starts");
     wrap(running, stop)
 }
@@ -332,6 +337,17 @@ pub async fn status_json(health: SocketAddr) -> serde_json::Value {
 }
 
 /// Polls `f` until it returns true (panics after `secs`).
+/// The sum of the `mpm_http_requests_total` series in `metrics` for `route` and `status`.
+pub fn requests(metrics: &str, route: &str, status: u16) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mpm_http_requests_total{"))
+        .filter(|l| l.contains(&format!("route=\"{route}\"")))
+        .filter(|l| l.contains(&format!("status=\"{status}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
 where
     F: FnMut() -> Fut,

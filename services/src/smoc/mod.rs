@@ -1,5 +1,7 @@
 //! smoc-service (contract: smoc-service API): stores devices and readings written by device-hub,
-//! and answers queries authorized by a JWT with realm role `reader`.
+//! one at a time or in batches, and answers queries authorized by a JWT with realm role `reader`.
+
+pub mod writes;
 
 use std::sync::Arc;
 
@@ -9,43 +11,30 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::jwt::JwtVerifier;
-use crate::server::{json_error, peer_of, start_common, Running, ServerError, ServiceContext};
-use crate::store::Store;
-use crate::util::{parse_rfc3339, rfc3339, rfc3339_millis};
+use crate::server::{
+    internal_error, json_error, peer_of, start_common, Running, ServerError, ServiceContext,
+};
+use crate::store::{Store, WriteOp};
+use crate::util::{parse_rfc3339, rfc3339_millis};
+use writes::{
+    batch_statuses, batch_write, device_write, reading_write, valid_serial, DeviceWrite, Write,
+    MAX_BATCH_ITEMS,
+};
+pub use writes::{Reading, DEVICES, READINGS};
 
 pub const SERVICE: &str = "smoc-service";
 pub const STORE_FILE: &str = "smoc-service.redb";
-pub const DEVICES: &str = "devices";
-pub const READINGS: &str = "readings";
 const MAX_READINGS: usize = 10_000;
-
-/// A reading as posted by device-hub.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Reading {
-    pub serial_number: String,
-    pub timestamp: String,
-    pub reading_type: String,
-    pub value: f64,
-    #[serde(default)]
-    pub unit: Option<String>,
-}
+const MAX_BODY: usize = 1 << 20;
+const MAX_BATCH_BODY: usize = 16 << 20;
 
 struct Smoc {
     store: Store,
     device_hub_id: Option<String>,
     jwt: Option<Arc<JwtVerifier>>,
-}
-
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "internal error");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {e}"),
-    )
 }
 
 /// Writes are accepted from device-hub's identity only (on top of the ACL file).
@@ -63,8 +52,28 @@ fn require_device_hub(smoc: &Smoc, req_peer: Option<String>) -> Result<(), Box<R
     }
 }
 
-fn valid_serial(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && !s.contains('|')
+/// Reads a JSON request body of at most `limit` bytes.
+/// The JSON body of a write, of at most `limit` bytes, from device-hub's identity only.
+async fn device_hub_write(
+    smoc: &Smoc,
+    req: Request,
+    limit: usize,
+) -> Result<serde_json::Value, Box<Response>> {
+    require_device_hub(smoc, peer_of(req.extensions()))?;
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            Box::new(json_error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read body: {e}"),
+            ))
+        })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON: {e}"),
+        ))
+    })
 }
 
 async fn put_device(
@@ -72,37 +81,26 @@ async fn put_device(
     Path(serial): Path<String>,
     req: Request,
 ) -> Response {
-    if let Err(r) = require_device_hub(&smoc, peer_of(req.extensions())) {
-        return *r;
-    }
-    if !valid_serial(&serial) {
-        return json_error(StatusCode::BAD_REQUEST, "invalid serial");
-    }
-    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+    let body = match device_hub_write(&smoc, req, MAX_BODY).await {
         Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        Err(r) => return *r,
     };
-    let mut device: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v @ serde_json::Value::Object(_)) => v,
-        Ok(_) => return json_error(StatusCode::BAD_REQUEST, "device must be a JSON object"),
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid device JSON: {e}")),
+    let write = match device_write(&serial, body, chrono::Utc::now()) {
+        Ok(w) => w,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    if let Some(obj) = device.as_object_mut() {
-        obj.insert("serialNumber".into(), serial.clone().into());
-        obj.insert("receivedAt".into(), rfc3339(chrono::Utc::now()).into());
-    }
     let r = smoc
         .store
         .run(move |s| {
             let existed = s.get_json::<serde_json::Value>(DEVICES, &serial)?.is_some();
-            s.put_json(DEVICES, &serial, &device)?;
-            Ok((existed, device))
+            s.apply(&[Write::PutDevice(write.clone()).op()?])?;
+            Ok((existed, write.device))
         })
         .await;
     match r {
-        Ok((true, d)) => (StatusCode::OK, Json(d)).into_response(),
-        Ok((false, d)) => (StatusCode::CREATED, Json(d)).into_response(),
-        Err(e) => internal(e),
+        Ok((true, device)) => (StatusCode::OK, Json(device)).into_response(),
+        Ok((false, device)) => (StatusCode::CREATED, Json(device)).into_response(),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -116,57 +114,91 @@ async fn delete_device(
     }
     match smoc.store.run(move |s| s.delete(DEVICES, &serial)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
 async fn post_reading(State(smoc): State<Arc<Smoc>>, req: Request) -> Response {
-    if let Err(r) = require_device_hub(&smoc, peer_of(req.extensions())) {
-        return *r;
-    }
-    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+    let body = match device_hub_write(&smoc, req, MAX_BODY).await {
         Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        Err(r) => return *r,
     };
-    let mut reading: Reading = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid reading JSON: {e}"),
-            )
-        }
+    let write = match reading_write(body) {
+        Ok(w) => w,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    if !valid_serial(&reading.serial_number)
-        || reading.reading_type.is_empty()
-        || !reading.value.is_finite()
-    {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "reading needs serialNumber, readingType and a finite value",
-        );
-    }
-    match parse_rfc3339(&reading.timestamp) {
-        Ok(t) => reading.timestamp = rfc3339_millis(t),
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("timestamp {:?} is not RFC 3339: {e}", reading.timestamp),
-            )
-        }
-    }
-    // Idempotent key: a retried delivery overwrites the same entry.
-    let key = format!(
-        "{}|{}|{}",
-        reading.serial_number, reading.timestamp, reading.reading_type
-    );
     let r = smoc
         .store
-        .run(move |s| s.put_json(READINGS, &key, &reading).map(|_| reading))
+        .run(move |s| {
+            s.apply(&[Write::PutReading(write.clone()).op()?])
+                .map(|_| write.reading)
+        })
         .await;
     match r {
-        Ok(r) => (StatusCode::CREATED, Json(r)).into_response(),
-        Err(e) => internal(e),
+        Ok(reading) => (StatusCode::CREATED, Json(reading)).into_response(),
+        Err(e) => internal_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchRequest {
+    items: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/batch`: the valid items are stored in one durable transaction, in order, before the
+/// answer; each item gets the status its single call would have answered.
+async fn post_batch(State(smoc): State<Arc<Smoc>>, req: Request) -> Response {
+    let body = match device_hub_write(&smoc, req, MAX_BATCH_BODY).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let items = match serde_json::from_value::<BatchRequest>(body) {
+        Ok(b) if b.items.len() <= MAX_BATCH_ITEMS => b.items,
+        Ok(b) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "items: {} writes, at most {MAX_BATCH_ITEMS} per batch",
+                    b.items.len()
+                ),
+            )
+        }
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid batch: {e}")),
+    };
+    let now = chrono::Utc::now();
+    let writes: Vec<Result<Write, String>> =
+        items.into_iter().map(|i| batch_write(i, now)).collect();
+    let r = smoc
+        .store
+        .run(move |s| {
+            let mut stored = std::collections::HashMap::new();
+            for w in &writes {
+                if let Ok(Write::PutDevice(DeviceWrite { serial, .. })) = w {
+                    if !stored.contains_key(serial) {
+                        let exists = s.get_json::<serde_json::Value>(DEVICES, serial)?.is_some();
+                        stored.insert(serial.clone(), exists);
+                    }
+                }
+            }
+            let statuses = batch_statuses(&writes, |serial| stored.get(serial) == Some(&true));
+            let ops = writes
+                .iter()
+                .flatten()
+                .map(Write::op)
+                .collect::<Result<Vec<WriteOp>, _>>()?;
+            s.apply(&ops)?;
+            Ok(statuses)
+        })
+        .await;
+    match r {
+        Ok(statuses) => Json(serde_json::json!({
+            "results": statuses.into_iter().map(|(status, error)| match error {
+                Some(e) => serde_json::json!({"status": status, "error": e}),
+                None => serde_json::json!({"status": status}),
+            }).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -212,7 +244,7 @@ async fn list_meters(State(smoc): State<Arc<Smoc>>) -> Response {
             "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -225,7 +257,7 @@ async fn get_meter(State(smoc): State<Arc<Smoc>>, Path(serial): Path<String>) ->
     {
         Ok(Some(d)) => Json(d).into_response(),
         Ok(None) => json_error(StatusCode::NOT_FOUND, format!("meter {serial} not found")),
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -276,7 +308,7 @@ async fn get_readings(
             "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -292,6 +324,7 @@ fn router(smoc: Arc<Smoc>) -> Router {
             put(put_device).delete(delete_device),
         )
         .route("/v1/readings", post(post_reading))
+        .route("/v1/batch", post(post_batch))
         .merge(query)
         .with_state(smoc)
 }

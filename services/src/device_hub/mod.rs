@@ -3,7 +3,6 @@
 //! background).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,23 +12,27 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex, Notify};
-use tracing::Instrument;
 
-use crate::client::{ClientError, ClientPolicy, MtlsClient};
+use crate::client::{ClientPolicy, MtlsClient};
 use crate::config::PeerConfig;
 use crate::iec::{EventKind, NormalizedEvent};
 use crate::metrics::Metrics;
-use crate::server::{json_error, start_common, RequestTrace, Running, ServerError, ServiceContext};
+use crate::server::{
+    internal_error, json_error, start_common, RequestTrace, Running, ServerError, ServiceContext,
+};
 use crate::store::{queue_key, Store, StoreError, WriteOp};
 use crate::util::{rfc3339, uuid_like, TraceContext};
+
+mod outbox;
+
+use outbox::outbox_worker;
+pub use outbox::OutboxItem;
 
 pub const SERVICE: &str = "device-hub";
 pub const STORE_FILE: &str = "device-hub.redb";
 pub const METERS: &str = "meters";
 pub const OUTBOX: &str = "outbox";
 pub const EVENTS: &str = "events";
-/// Outbox items delivered per round (and deleted together after it).
-const OUTBOX_PAGE: usize = 100;
 /// contract: device-hub API, batch "at most 500".
 pub const MAX_BATCH: usize = 500;
 
@@ -68,20 +71,6 @@ pub struct MeterRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<serde_json::Value>,
     pub desired_state: DesiredState,
-}
-
-/// A call to smoc-service waiting to be delivered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OutboxItem {
-    pub method: String,
-    pub path: String,
-    #[serde(default)]
-    pub body: Option<serde_json::Value>,
-    pub traceparent: String,
-    #[serde(default)]
-    pub attempts: u32,
-    pub enqueued_at: String,
 }
 
 fn valid_serial(s: &str) -> Result<(), String> {
@@ -296,14 +285,6 @@ fn upsert_batch(
     Ok(results)
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "internal error");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {e}"),
-    )
-}
-
 async fn put_meter(
     State(hub): State<Arc<Hub>>,
     Path(serial): Path<String>,
@@ -331,7 +312,7 @@ async fn put_meter(
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             (code, Json(record)).into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -344,7 +325,7 @@ async fn get_meter(State(hub): State<Arc<Hub>>, Path(serial): Path<String>) -> R
     {
         Ok(Some(r)) => Json(r).into_response(),
         Ok(None) => json_error(StatusCode::NOT_FOUND, format!("meter {serial} not found")),
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -383,7 +364,7 @@ async fn delete_meter(
             }
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -393,7 +374,7 @@ async fn list_meters(State(hub): State<Arc<Hub>>) -> Response {
             "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -458,7 +439,7 @@ async fn batch(
             hub.outbox_notify.notify_one();
             Json(serde_json::json!({ "results": results })).into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -512,7 +493,7 @@ async fn post_event(
             )
                 .into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => internal_error(e),
     }
 }
 
@@ -527,107 +508,6 @@ fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/v1/events", post(post_event))
         .with_state(hub)
-}
-
-/// Delivers outbox items in order; transient failures wait with backoff, permanent ones (4xx) are
-/// dropped with an error log.
-async fn outbox_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
-    let Some(smoc) = hub.smoc.clone() else {
-        tracing::warn!("no smoc-service peer configured; outbox will not be delivered");
-        return;
-    };
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let pending = match hub
-            .store
-            .run(|s| s.range_json::<OutboxItem>(OUTBOX, "", None, OUTBOX_PAGE))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read outbox");
-                Vec::new()
-            }
-        };
-        match hub.store.run(|s| s.count(OUTBOX)).await {
-            Ok(n) => {
-                hub.metrics.outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
-            }
-            Err(e) => tracing::error!(error = %e, "cannot count the outbox"),
-        }
-        // A full page means more is waiting: go on without waiting for the next notification.
-        let more = pending.len() >= OUTBOX_PAGE;
-        let mut failed = false;
-        // Delivered (or refused) items leave the outbox together, in one transaction per round:
-        // a crash before that delivers them again, which smoc-service's idempotent calls allow.
-        let mut done: Vec<String> = Vec::new();
-        for (key, item) in pending {
-            if *shutdown.borrow() {
-                break;
-            }
-            let method =
-                http::Method::from_bytes(item.method.as_bytes()).unwrap_or(http::Method::POST);
-            let trace = TraceContext::from_header_or_new(Some(&item.traceparent));
-            let body = item.body.as_ref().and_then(|b| serde_json::to_vec(b).ok());
-            let span = tracing::info_span!("outbox", trace_id = %trace.trace_id, path = %item.path);
-            let outcome = tokio::select! {
-                r = hub.client.call("smoc-service", &smoc, method, &item.path, body, &trace).instrument(span) => r,
-                _ = shutdown.changed() => break,
-            };
-            match outcome {
-                Ok(resp) if (200..300).contains(&resp.status) => done.push(key),
-                Ok(resp) => {
-                    tracing::error!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service refused outbox item; dropping it");
-                    done.push(key);
-                }
-                Err(e) => {
-                    let permanent = !e.is_transient() && !matches!(e, ClientError::CircuitOpen(_));
-                    tracing::warn!(path = %item.path, error = %e, permanent, "outbox delivery failed");
-                    let mut updated = item.clone();
-                    updated.attempts = updated.attempts.saturating_add(1);
-                    let k = key.clone();
-                    let _ = hub
-                        .store
-                        .run(move |s| s.put_json(OUTBOX, &k, &updated))
-                        .await;
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if !done.is_empty() {
-            let delivered = done.len();
-            if let Err(e) = hub
-                .store
-                .run(move |s| s.write_batch(OUTBOX, &[], &done))
-                .await
-            {
-                tracing::error!(error = %e, delivered, "cannot delete delivered outbox items; they will be delivered again");
-            }
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        if more && !failed {
-            continue;
-        }
-        let wait = if failed {
-            let w = backoff;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            w
-        } else {
-            backoff = Duration::from_millis(500);
-            Duration::from_secs(5)
-        };
-        tokio::select! {
-            _ = hub.outbox_notify.notified(), if !failed => {},
-            _ = tokio::time::sleep(wait) => {},
-            _ = shutdown.changed() => return,
-        }
-    }
 }
 
 /// device-hub's store and HTTPS API, without listeners. [`start`] serves it the way the binary

@@ -1,0 +1,356 @@
+//! device-hub's outbox: the calls to smoc-service that device-hub's own writes imply, stored in the
+//! same transaction as those writes and delivered in order in the background (never lost; a crash
+//! delivers some again, which smoc-service's idempotent writes allow). A page of items goes out as
+//! one `POST /v1/batch` (contract: smoc-service API); when smoc-service does not take batches (an
+//! older version, or an ACL that allows only the single paths) the items go one by one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::{Hub, OUTBOX};
+use crate::client::ClientError;
+use crate::config::PeerConfig;
+use crate::retry::RoundBackoff;
+use crate::smoc::writes::BatchOp;
+use crate::util::TraceContext;
+
+/// Outbox items delivered per round (one batch), and deleted together after it.
+const OUTBOX_PAGE: usize = 100;
+
+/// A call to smoc-service waiting to be delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxItem {
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    pub traceparent: String,
+    #[serde(default)]
+    pub attempts: u32,
+    pub enqueued_at: String,
+}
+
+/// The batch write that does what `item`'s single call does; `None` for a call the batch
+/// cannot carry.
+pub fn batch_op(item: &OutboxItem) -> Option<BatchOp> {
+    let device = item.path.strip_prefix("/v1/devices/");
+    match (item.method.as_str(), device, item.path.as_str()) {
+        ("PUT", Some(serial), _) if !serial.contains('/') => Some(BatchOp::PutDevice {
+            serial_number: serial.to_string(),
+            device: item.body.clone()?,
+        }),
+        ("DELETE", Some(serial), _) if !serial.contains('/') => Some(BatchOp::DeleteDevice {
+            serial_number: serial.to_string(),
+        }),
+        ("POST", None, "/v1/readings") => Some(BatchOp::PostReading {
+            reading: item.body.clone()?,
+        }),
+        _ => None,
+    }
+}
+
+/// smoc-service's answer to `POST /v1/batch`.
+#[derive(Debug, Deserialize)]
+struct BatchAnswer {
+    results: Vec<ItemAnswer>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ItemAnswer {
+    status: u16,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// What a round did with its page.
+#[derive(Debug, Default)]
+struct Delivery {
+    /// Keys of items delivered, or refused by smoc-service for good (logged and dropped).
+    done: Vec<String>,
+    /// Stopped at an item smoc-service could not be reached for: the rest waits for backoff.
+    failed: bool,
+}
+
+/// How a batch call went.
+enum BatchOutcome {
+    Delivered(Delivery),
+    /// smoc-service did not take the batch (no such route, not allowed, malformed answer):
+    /// deliver the items one by one.
+    NotTaken(String),
+}
+
+struct Outbox {
+    hub: Arc<Hub>,
+    smoc: PeerConfig,
+    shutdown: watch::Receiver<bool>,
+    /// The last batch was not taken: logged once, then quietly delivered one by one.
+    batch_not_taken: bool,
+}
+
+impl Outbox {
+    async fn deliver(&mut self, page: Vec<(String, OutboxItem)>) -> Delivery {
+        if page.len() > 1 {
+            let ops: Option<Vec<BatchOp>> = page.iter().map(|(_, item)| batch_op(item)).collect();
+            if let Some(ops) = ops {
+                match self.deliver_batch(&page, ops).await {
+                    BatchOutcome::Delivered(d) => {
+                        self.batch_not_taken = false;
+                        return d;
+                    }
+                    BatchOutcome::NotTaken(why) => {
+                        if !self.batch_not_taken {
+                            tracing::warn!(reason = %why, "smoc-service did not take a batch; delivering one by one");
+                        }
+                        self.batch_not_taken = true;
+                    }
+                }
+            }
+        }
+        self.deliver_singly(page).await
+    }
+
+    async fn deliver_batch(
+        &mut self,
+        page: &[(String, OutboxItem)],
+        ops: Vec<BatchOp>,
+    ) -> BatchOutcome {
+        let trace =
+            TraceContext::from_header_or_new(page.first().map(|(_, i)| i.traceparent.as_str()));
+        let body = match serde_json::to_vec(&serde_json::json!({ "items": ops })) {
+            Ok(b) => b,
+            Err(e) => return BatchOutcome::NotTaken(format!("cannot encode the batch: {e}")),
+        };
+        let span = tracing::info_span!("outbox", trace_id = %trace.trace_id, items = page.len());
+        let call = self.hub.client.call(
+            "smoc-service",
+            &self.smoc,
+            http::Method::POST,
+            "/v1/batch",
+            Some(body),
+            &trace,
+        );
+        let outcome = tokio::select! {
+            r = call.instrument(span) => r,
+            _ = self.shutdown.changed() => return BatchOutcome::Delivered(Delivery::default()),
+        };
+        let resp = match outcome {
+            Ok(resp) if (200..300).contains(&resp.status) => resp,
+            Ok(resp) => {
+                return BatchOutcome::NotTaken(format!(
+                    "answered {}: {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                ))
+            }
+            Err(e) => {
+                self.record_failure(&page[0], &e).await;
+                return BatchOutcome::Delivered(Delivery {
+                    done: Vec::new(),
+                    failed: true,
+                });
+            }
+        };
+        let answer = match serde_json::from_slice::<BatchAnswer>(&resp.body) {
+            Ok(a) if a.results.len() == page.len() => a,
+            Ok(a) => {
+                return BatchOutcome::NotTaken(format!(
+                    "{} results for {} items",
+                    a.results.len(),
+                    page.len()
+                ))
+            }
+            Err(e) => return BatchOutcome::NotTaken(format!("unreadable answer: {e}")),
+        };
+        for ((_, item), result) in page.iter().zip(&answer.results) {
+            if !(200..300).contains(&result.status) {
+                tracing::error!(path = %item.path, status = result.status, error = result.error.as_deref().unwrap_or(""), "smoc-service refused outbox item; dropping it");
+            }
+        }
+        BatchOutcome::Delivered(Delivery {
+            done: page.iter().map(|(k, _)| k.clone()).collect(),
+            failed: false,
+        })
+    }
+
+    async fn deliver_singly(&mut self, page: Vec<(String, OutboxItem)>) -> Delivery {
+        let mut delivery = Delivery::default();
+        for (key, item) in page {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            let method =
+                http::Method::from_bytes(item.method.as_bytes()).unwrap_or(http::Method::POST);
+            let trace = TraceContext::from_header_or_new(Some(&item.traceparent));
+            let body = item.body.as_ref().and_then(|b| serde_json::to_vec(b).ok());
+            let span = tracing::info_span!("outbox", trace_id = %trace.trace_id, path = %item.path);
+            let call =
+                self.hub
+                    .client
+                    .call("smoc-service", &self.smoc, method, &item.path, body, &trace);
+            let outcome = tokio::select! {
+                r = call.instrument(span) => r,
+                _ = self.shutdown.changed() => break,
+            };
+            match outcome {
+                Ok(resp) if (200..300).contains(&resp.status) => delivery.done.push(key),
+                Ok(resp) => {
+                    tracing::error!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service refused outbox item; dropping it");
+                    delivery.done.push(key);
+                }
+                Err(e) => {
+                    self.record_failure(&(key, item), &e).await;
+                    delivery.failed = true;
+                    break;
+                }
+            }
+        }
+        delivery
+    }
+
+    /// Logs a failed delivery and counts the attempt on the item that failed.
+    async fn record_failure(&self, (key, item): &(String, OutboxItem), e: &ClientError) {
+        let permanent = !e.is_transient() && !matches!(e, ClientError::CircuitOpen(_));
+        tracing::warn!(path = %item.path, error = %e, permanent, "outbox delivery failed");
+        let mut updated = item.clone();
+        updated.attempts = updated.attempts.saturating_add(1);
+        let k = key.clone();
+        let _ = self
+            .hub
+            .store
+            .run(move |s| s.put_json(OUTBOX, &k, &updated))
+            .await;
+    }
+}
+
+/// Delivers outbox items in order; transient failures wait with backoff, permanent ones (4xx) are
+/// dropped with an error log.
+pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) {
+    let Some(smoc) = hub.smoc.clone() else {
+        tracing::warn!("no smoc-service peer configured; outbox will not be delivered");
+        return;
+    };
+    let mut outbox = Outbox {
+        hub: hub.clone(),
+        smoc,
+        shutdown: shutdown.clone(),
+        batch_not_taken: false,
+    };
+    let mut shutdown = shutdown;
+    let mut backoff = RoundBackoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let pending = match hub
+            .store
+            .run(|s| s.range_json::<OutboxItem>(OUTBOX, "", None, OUTBOX_PAGE))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read outbox");
+                Vec::new()
+            }
+        };
+        match hub.store.run(|s| s.count(OUTBOX)).await {
+            Ok(n) => {
+                hub.metrics.outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot count the outbox"),
+        }
+        // A full page means more is waiting: go on without waiting for the next notification.
+        let more = pending.len() >= OUTBOX_PAGE;
+        let Delivery { done, failed } = outbox.deliver(pending).await;
+        // Delivered (or refused) items leave the outbox together, in one transaction per round:
+        // a crash before that delivers them again, which smoc-service's idempotent calls allow.
+        if !done.is_empty() {
+            let delivered = done.len();
+            if let Err(e) = hub
+                .store
+                .run(move |s| s.write_batch(OUTBOX, &[], &done))
+                .await
+            {
+                tracing::error!(error = %e, delivered, "cannot delete delivered outbox items; they will be delivered again");
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if more && !failed {
+            continue;
+        }
+        let wait = if failed {
+            backoff.failed()
+        } else {
+            backoff.succeeded();
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            _ = hub.outbox_notify.notified(), if !failed => {},
+            _ = tokio::time::sleep(wait) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item(method: &str, path: &str, body: Option<serde_json::Value>) -> OutboxItem {
+        OutboxItem {
+            method: method.into(),
+            path: path.into(),
+            body,
+            traceparent: String::new(),
+            attempts: 0,
+            enqueued_at: "2026-11-23T05:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn every_call_device_hub_queues_has_its_batch_write() {
+        assert_eq!(
+            batch_op(&item(
+                "PUT",
+                "/v1/devices/M-1",
+                Some(json!({"state": "Provisioned"}))
+            )),
+            Some(BatchOp::PutDevice {
+                serial_number: "M-1".into(),
+                device: json!({"state": "Provisioned"})
+            })
+        );
+        assert_eq!(
+            batch_op(&item("DELETE", "/v1/devices/M-1", None)),
+            Some(BatchOp::DeleteDevice {
+                serial_number: "M-1".into()
+            })
+        );
+        assert_eq!(
+            batch_op(&item("POST", "/v1/readings", Some(json!({"value": 1.0})))),
+            Some(BatchOp::PostReading {
+                reading: json!({"value": 1.0})
+            })
+        );
+    }
+
+    #[test]
+    fn calls_a_batch_cannot_carry_go_one_by_one() {
+        for (method, path, body) in [
+            ("PUT", "/v1/devices/M-1", None),
+            ("PUT", "/v1/devices/M-1/extra", Some(json!({}))),
+            ("PATCH", "/v1/devices/M-1", Some(json!({}))),
+            ("POST", "/v1/readings", None),
+            ("POST", "/v1/other", Some(json!({}))),
+        ] {
+            assert_eq!(batch_op(&item(method, path, body)), None, "{method} {path}");
+        }
+    }
+}

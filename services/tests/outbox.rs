@@ -1,0 +1,122 @@
+//! device-hub's outbox against a real smoc-service: a backlog goes out in batches (`POST
+//! /v1/batch`), in order, and one by one when smoc-service's ACL allows only the single paths.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use http::Method;
+use mpm_services::util::TraceContext;
+
+const METERS: usize = 250;
+
+fn meter(serial: &str) -> serde_json::Value {
+    serde_json::json!({"serialNumber": serial, "manufacturer": "Acme", "model": "X1",
+        "protocol": "DLMS", "hesId": "hes-1", "desiredState": "Active"})
+}
+
+/// Provisions `METERS` meters through device-hub while smoc-service is down, then deletes the
+/// first: a backlog of `METERS + 1` outbox items, the delete last.
+async fn queue_backlog(w: &World, hub: &Svc) {
+    let (_s, op) = client("op", &w.op);
+    let hub_peer = peer(&hub.url(), HUB_SA);
+    let items: Vec<_> = (0..METERS).map(|i| meter(&format!("B-{i:03}"))).collect();
+    let r = op
+        .call(
+            "device-hub",
+            &hub_peer,
+            Method::POST,
+            "/v1/meters:batch",
+            Some(
+                serde_json::json!({ "items": items })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            &TraceContext::new_root(),
+        )
+        .await
+        .expect("batch");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = op
+        .call(
+            "device-hub",
+            &hub_peer,
+            Method::DELETE,
+            "/v1/meters/B-000",
+            None,
+            &TraceContext::new_root(),
+        )
+        .await
+        .expect("delete");
+    assert_eq!(r.status, 204);
+}
+
+/// Waits until smoc-service holds what the backlog says, then stops both and checks the store.
+async fn assert_backlog_delivered(w: &World, hub: Svc, smoc: Svc) -> String {
+    eventually(90, "device-hub's outbox drained", || {
+        let health = hub.health;
+        async move {
+            let (_, m) = http(health, "GET", "/metrics", &[], b"").await;
+            m.lines()
+                .any(|l| l.starts_with("mpm_outbox_pending{") && l.ends_with(" 0"))
+        }
+    })
+    .await;
+    let (_, smoc_metrics) = http(smoc.health, "GET", "/metrics", &[], b"").await;
+    hub.stop().await;
+    smoc.stop().await;
+    let store =
+        mpm_services::store::Store::open(&w.smoc.data_dir(), mpm_services::smoc::STORE_FILE)
+            .expect("open smoc store");
+    let devices: Vec<(String, serde_json::Value)> = store
+        .list_json(mpm_services::smoc::DEVICES)
+        .expect("devices");
+    assert_eq!(devices.len(), METERS - 1, "B-000 was deleted after its put");
+    assert!(devices.iter().all(|(k, _)| k != "B-000"));
+    let b001 = &devices[0].1;
+    assert_eq!(b001["serialNumber"], "B-001");
+    assert_eq!(b001["state"], "Provisioned");
+    smoc_metrics
+}
+
+async fn start_hub_towards(w: &World) -> (Svc, SocketAddr) {
+    let smoc_addr = free_addr();
+    let hub = start_hub(&w.hub, w.hub_config(&format!("https://{smoc_addr}")), None).await;
+    (hub, smoc_addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_reaches_smoc_service_in_batches_and_in_order() {
+    let w = World::new();
+    let (hub, smoc_addr) = start_hub_towards(&w).await;
+    queue_backlog(&w, &hub).await;
+    let smoc = start_smoc_at(&w.smoc, w.smoc_config(None), Some(smoc_addr)).await;
+    let metrics = assert_backlog_delivered(&w, hub, smoc).await;
+    // 251 items in pages of 100: three batches, no single calls.
+    assert_eq!(requests(&metrics, "/v1/batch", 200), 3, "{metrics}");
+    assert_eq!(requests(&metrics, "/v1/devices/{serial}", 201), 0);
+    assert_eq!(requests(&metrics, "/v1/devices/{serial}", 204), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_without_the_batch_path_gets_single_calls() {
+    let w = World::new();
+    let hub_id = spiffe(HUB_SA);
+    w.smoc.set_acl(&[(
+        hub_id.as_str(),
+        &["PUT", "POST", "DELETE"],
+        &["/v1/devices", "/v1/readings"],
+    )]);
+    let (hub, smoc_addr) = start_hub_towards(&w).await;
+    queue_backlog(&w, &hub).await;
+    let smoc = start_smoc_at(&w.smoc, w.smoc_config(None), Some(smoc_addr)).await;
+    let metrics = assert_backlog_delivered(&w, hub, smoc).await;
+    assert_eq!(requests(&metrics, "/v1/batch", 200), 0, "{metrics}");
+    assert_eq!(
+        requests(&metrics, "/v1/devices/{serial}", 201),
+        METERS as u64,
+        "{metrics}"
+    );
+    assert_eq!(requests(&metrics, "/v1/devices/{serial}", 204), 1);
+}
