@@ -13,14 +13,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use mpm_e2e::condition;
-use mpm_operator::crd::{DeviceHub, Meter, MeterPhase};
+use mpm_operator::crd::{DeviceHub, Meter, MeterPhase, ServiceACL};
 use serde_json::json;
 
 use crate::common::{self, run_concurrent, CpuSample, Row};
@@ -83,6 +83,20 @@ async fn measure(
         "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub", "metadata": {"name": "bench"}, "spec": {}
     }))?;
     hubs.create(&PostParams::default(), &hub).await?;
+    // The example park's ACL, so that device-hub hands every Meter on to smoc-service as it does
+    // in production (without it smoc-service refuses device-hub and the outbox only waits).
+    let acls: Api<ServiceACL> = Api::namespaced(client.clone(), ns);
+    let acl: ServiceACL = serde_json::from_value(json!({
+        "apiVersion": "meterpark.io/v1alpha1", "kind": "ServiceACL", "metadata": {"name": "bench"},
+        "spec": {"hubRef": {"name": "bench"}, "allow": [
+            {"from": "iec61968-connector", "to": "device-hub",
+             "http": {"methods": ["POST"], "pathPrefixes": ["/v1/events"]}},
+            {"from": "device-hub", "to": "smoc-service",
+             "http": {"methods": ["PUT", "POST", "DELETE"],
+                      "pathPrefixes": ["/v1/devices/", "/v1/readings", "/v1/batch"]}}
+        ]}
+    }))?;
+    acls.create(&PostParams::default(), &acl).await?;
     mpm_e2e::wait_for("hub bench Ready", Duration::from_secs(300), || async {
         let status = serde_json::to_value(hubs.get("bench").await?.status)?;
         Ok(matches!(condition(&status, "Ready"), Some((s, _, _)) if s == "True").then_some(()))
@@ -224,6 +238,7 @@ async fn measure(
         ">= 70 %",
         Some(ratio >= 0.70),
     ));
+    let window_end = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mem = common::leader_memory(client).await?;
     rows.extend(common::memory_rows(
@@ -231,7 +246,46 @@ async fn measure(
         &mem,
         100.0,
     ));
+    rows.push(outbox_drained(client, ns, window_end).await?);
     Ok(rows)
+}
+
+/// device-hub hands every Meter on to smoc-service through its outbox, in batches (contract:
+/// smoc-service API): how long after the window until the outbox is empty. Read from device-hub's
+/// `mpm_outbox_pending` gauge, which is set at the start of each delivery round (so up to one
+/// idle round, 5 s, late).
+async fn outbox_drained(client: &Client, ns: &str, window_end: Instant) -> anyhow::Result<Row> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = pods
+        .list(
+            &ListParams::default().labels("meterpark.io/hub=bench,meterpark.io/service=device-hub"),
+        )
+        .await?
+        .items
+        .into_iter()
+        .find_map(|p| p.metadata.name)
+        .ok_or_else(|| anyhow::anyhow!("no device-hub pod in {ns}"))?;
+    let path = format!("/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy/metrics");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let text = client
+            .request_text(http::Request::get(&path).body(Vec::new())?)
+            .await?;
+        let pending = mpm_e2e::metric(&text, "mpm_outbox_pending{service=\"device-hub\"}");
+        if pending == Some(0.0) {
+            return Ok(Row::info(
+                "meters: device-hub outbox to smoc-service empty",
+                format!(
+                    "{:.0} s after the window",
+                    window_end.elapsed().as_secs_f64()
+                ),
+            ));
+        }
+        if Instant::now() > deadline {
+            bail!("device-hub's outbox still holds {pending:?} items 10 minutes after the window");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn raw_configmap_patches(client: &Client, ns: &str, count: usize) -> anyhow::Result<f64> {

@@ -55,6 +55,13 @@ impl ClientError {
     }
 }
 
+/// Answers that refuse the request itself (`400`, `413`, `422`): sending it again gets the same
+/// answer, so a queue drops or parks it. Anything else (`401`/`403` from an ACL that may still
+/// change, `404` during a rollout, `5xx`) is worth another round.
+pub fn refused_for_good(status: u16) -> bool {
+    matches!(status, 400 | 413 | 422)
+}
+
 /// Retry and breaker knobs.
 #[derive(Debug, Clone)]
 pub struct ClientPolicy {

@@ -14,7 +14,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-use crate::client::{ClientPolicy, MtlsClient};
+use crate::client::{refused_for_good, ClientPolicy, MtlsClient};
 use crate::config::PeerConfig;
 use crate::iec::{parse_events, NormalizedEvent};
 use crate::metrics::Metrics;
@@ -80,11 +80,6 @@ impl ForwardError {
             ForwardError::Undelivered(m) | ForwardError::Rejected(m) => m,
         }
     }
-}
-
-/// Answers that refuse the event itself rather than the moment or the caller.
-fn refused_for_good(status: u16) -> bool {
-    matches!(status, 400 | 413 | 422)
 }
 
 /// What one pass over the dead letters did.

@@ -120,3 +120,39 @@ async fn an_acl_without_the_batch_path_gets_single_calls() {
     );
     assert_eq!(requests(&metrics, "/v1/devices/{serial}", 204), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn items_wait_for_an_acl_that_allows_device_hub() {
+    let w = World::new();
+    // smoc-service allows nobody yet (a ServiceACL not applied so far).
+    w.smoc.set_acl(&[]);
+    let (hub, smoc_addr) = start_hub_towards(&w).await;
+    let smoc = start_smoc_at(&w.smoc, w.smoc_config(None), Some(smoc_addr)).await;
+    queue_backlog(&w, &hub).await;
+    eventually(30, "smoc-service refused the outbox with 403", || {
+        let health = smoc.health;
+        async move {
+            let (_, m) = http(health, "GET", "/metrics", &[], b"").await;
+            m.lines().any(|l| l.starts_with("mpm_acl_denials_total{"))
+        }
+    })
+    .await;
+    let (_, m) = http(hub.health, "GET", "/metrics", &[], b"").await;
+    assert!(
+        outbox_pending(&m) > 0,
+        "the refused items stay in the outbox: {m}"
+    );
+    // The ACL arrives: everything queued is delivered, nothing was dropped.
+    let hub_id = spiffe(HUB_SA);
+    w.smoc.set_acl(&[(hub_id.as_str(), &[], &[])]);
+    assert_backlog_delivered(&w, hub, smoc).await;
+}
+
+/// device-hub's `mpm_outbox_pending` gauge.
+fn outbox_pending(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("mpm_outbox_pending{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}

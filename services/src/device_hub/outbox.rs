@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{Hub, OUTBOX};
-use crate::client::ClientError;
+use crate::client::{refused_for_good, ClientError};
 use crate::config::PeerConfig;
 use crate::retry::RoundBackoff;
 use crate::smoc::writes::BatchOp;
@@ -166,15 +166,24 @@ impl Outbox {
             }
             Err(e) => return BatchOutcome::NotTaken(format!("unreadable answer: {e}")),
         };
-        for ((_, item), result) in page.iter().zip(&answer.results) {
-            if !(200..300).contains(&result.status) {
-                tracing::error!(path = %item.path, status = result.status, error = result.error.as_deref().unwrap_or(""), "smoc-service refused outbox item; dropping it");
+        // Items go in order: the first one not stored (and not refused for good) and all after it
+        // wait for the next round.
+        let mut delivery = Delivery::default();
+        for ((key, item), result) in page.iter().zip(&answer.results) {
+            match result.status {
+                200..=299 => {}
+                status if refused_for_good(status) => {
+                    tracing::error!(path = %item.path, status, error = result.error.as_deref().unwrap_or(""), "smoc-service refused outbox item; dropping it");
+                }
+                status => {
+                    tracing::warn!(path = %item.path, status, error = result.error.as_deref().unwrap_or(""), "smoc-service did not store outbox item; retrying");
+                    delivery.failed = true;
+                    break;
+                }
             }
+            delivery.done.push(key.clone());
         }
-        BatchOutcome::Delivered(Delivery {
-            done: page.iter().map(|(k, _)| k.clone()).collect(),
-            failed: false,
-        })
+        BatchOutcome::Delivered(delivery)
     }
 
     async fn deliver_singly(&mut self, page: Vec<(String, OutboxItem)>) -> Delivery {
@@ -198,9 +207,16 @@ impl Outbox {
             };
             match outcome {
                 Ok(resp) if (200..300).contains(&resp.status) => delivery.done.push(key),
-                Ok(resp) => {
+                Ok(resp) if refused_for_good(resp.status) => {
                     tracing::error!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service refused outbox item; dropping it");
                     delivery.done.push(key);
+                }
+                // Not allowed yet (an ACL that does not list device-hub), or a route missing
+                // during a rollout: kept, and retried with backoff.
+                Ok(resp) => {
+                    tracing::warn!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service did not take outbox item; retrying");
+                    delivery.failed = true;
+                    break;
                 }
                 Err(e) => {
                     self.record_failure(&(key, item), &e).await;
@@ -227,8 +243,8 @@ impl Outbox {
     }
 }
 
-/// Delivers outbox items in order; transient failures wait with backoff, permanent ones (4xx) are
-/// dropped with an error log.
+/// Delivers outbox items in order; items smoc-service refuses for good (400, 413, 422) are dropped
+/// with an error log, every other failure waits with backoff and is retried.
 pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) {
     let Some(smoc) = hub.smoc.clone() else {
         tracing::warn!("no smoc-service peer configured; outbox will not be delivered");
