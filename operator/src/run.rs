@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// Burst of API writes.
     #[arg(long, env = "MPM_WRITE_BURST", default_value_t = 400)]
     pub write_burst: u32,
+    /// Connections to the API server kept open, which is also how many requests are sent at once
+    /// (more queue in the operator). A large park provisions faster with more, at about 100 KiB of
+    /// memory each.
+    #[arg(long, env = "MPM_API_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub api_connections: u16,
     /// Labels of the operator's pods (`k=v,k=v`), allowed by hub NetworkPolicies to reach device-hub.
     #[arg(
         long,
@@ -81,7 +86,10 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = crate::runtime::api_client::client(PoolSettings::default()).await?;
+    let client = crate::runtime::api_client::client(PoolSettings::with_connections(usize::from(
+        args.api_connections,
+    )))
+    .await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

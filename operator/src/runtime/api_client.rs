@@ -50,6 +50,18 @@ impl Default for PoolSettings {
     }
 }
 
+impl PoolSettings {
+    /// `connections` kept open and as many requests in flight (at least one).
+    pub fn with_connections(connections: usize) -> Self {
+        let connections = connections.max(1);
+        Self {
+            max_idle: connections,
+            max_in_flight: connections,
+            ..Self::default()
+        }
+    }
+}
+
 /// Errors building the client; each names the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -106,6 +118,18 @@ mod tests {
         // Every request in flight finds its connection in the pool afterwards: no churn.
         assert!(pool.max_in_flight > 0 && pool.max_in_flight <= pool.max_idle);
         assert!(pool.max_read_buffer >= MIN_READ_BUFFER && pool.max_read_buffer <= 128 * 1024);
+    }
+
+    #[test]
+    fn connections_set_the_pool_and_what_is_in_flight_together() {
+        let pool = PoolSettings::with_connections(64);
+        assert_eq!((pool.max_idle, pool.max_in_flight), (64, 64));
+        assert_eq!(
+            pool.max_read_buffer,
+            PoolSettings::default().max_read_buffer
+        );
+        let pool = PoolSettings::with_connections(0);
+        assert_eq!((pool.max_idle, pool.max_in_flight), (1, 1));
     }
 
     #[tokio::test]
