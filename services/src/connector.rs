@@ -157,7 +157,13 @@ impl Connector {
                     continue;
                 }
                 let trace = TraceContext::from_header_or_new(Some(&dl.traceparent));
-                match self.forward(&dl.event, &trace).await {
+                let mut shutdown = self.shutdown.clone();
+                let forwarded = tokio::select! {
+                    r = self.forward(&dl.event, &trace) => r,
+                    // Shutting down: the event stays as it is, for the next run.
+                    _ = shutdown.changed() => return Ok(round),
+                };
+                match forwarded {
                     Ok(()) => {
                         self.store
                             .run(move |s| s.delete(DEAD_LETTERS, &key))
@@ -280,6 +286,9 @@ async fn ingest(
                     .run(move |s| s.put_json(DEAD_LETTERS, &id, &dl))
                     .await
                 {
+                    if dead > 0 {
+                        c.dead_lettered.notify_one();
+                    }
                     return internal_error(e);
                 }
                 dead += 1;
@@ -319,6 +328,11 @@ async fn replay(State(c): State<Arc<Connector>>) -> Response {
         Ok(r) => r,
         Err(e) => return internal_error(e),
     };
+    if round.stalled {
+        // What this round could not send (refused events among it, now marked retryable) goes
+        // back to the automatic rounds.
+        c.dead_lettered.notify_one();
+    }
     match c.count_dead_letters().await {
         Ok(remaining) => Json(serde_json::json!({
             "replayed": round.replayed, "remaining": remaining

@@ -5,7 +5,7 @@
 //! older version, or an ACL that allows only the single paths) the items go one by one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -84,29 +84,32 @@ enum BatchOutcome {
     NotTaken(String),
 }
 
+/// After a batch was not taken, pages go one by one for this long before a batch is tried again
+/// (an ACL without `/v1/batch` would otherwise see a refused batch per page).
+const BATCH_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 struct Outbox {
     hub: Arc<Hub>,
     smoc: PeerConfig,
     shutdown: watch::Receiver<bool>,
-    /// The last batch was not taken: logged once, then quietly delivered one by one.
-    batch_not_taken: bool,
+    /// Set when a batch was not taken: until then, pages go one by one.
+    singles_until: Option<Instant>,
 }
 
 impl Outbox {
     async fn deliver(&mut self, page: Vec<(String, OutboxItem)>) -> Delivery {
-        if page.len() > 1 {
+        let batches_paused = self.singles_until.is_some_and(|t| Instant::now() < t);
+        if page.len() > 1 && !batches_paused {
             let ops: Option<Vec<BatchOp>> = page.iter().map(|(_, item)| batch_op(item)).collect();
             if let Some(ops) = ops {
                 match self.deliver_batch(&page, ops).await {
                     BatchOutcome::Delivered(d) => {
-                        self.batch_not_taken = false;
+                        self.singles_until = None;
                         return d;
                     }
                     BatchOutcome::NotTaken(why) => {
-                        if !self.batch_not_taken {
-                            tracing::warn!(reason = %why, "smoc-service did not take a batch; delivering one by one");
-                        }
-                        self.batch_not_taken = true;
+                        tracing::warn!(reason = %why, retry_in_s = BATCH_RETRY_AFTER.as_secs(), "smoc-service did not take a batch; delivering one by one");
+                        self.singles_until = Some(Instant::now() + BATCH_RETRY_AFTER);
                     }
                 }
             }
@@ -254,7 +257,7 @@ pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>
         hub: hub.clone(),
         smoc,
         shutdown: shutdown.clone(),
-        batch_not_taken: false,
+        singles_until: None,
     };
     let mut shutdown = shutdown;
     let mut backoff = RoundBackoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -281,7 +284,7 @@ pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>
         }
         // A full page means more is waiting: go on without waiting for the next notification.
         let more = pending.len() >= OUTBOX_PAGE;
-        let Delivery { done, failed } = outbox.deliver(pending).await;
+        let Delivery { done, mut failed } = outbox.deliver(pending).await;
         // Delivered (or refused) items leave the outbox together, in one transaction per round:
         // a crash before that delivers them again, which smoc-service's idempotent calls allow.
         if !done.is_empty() {
@@ -292,18 +295,22 @@ pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>
                 .await
             {
                 tracing::error!(error = %e, delivered, "cannot delete delivered outbox items; they will be delivered again");
+                // Back off rather than resend the same page at once.
+                failed = true;
             }
         }
         if *shutdown.borrow() {
             return;
         }
-        if more && !failed {
-            continue;
+        if !failed {
+            backoff.succeeded();
+            if more {
+                continue;
+            }
         }
         let wait = if failed {
             backoff.failed()
         } else {
-            backoff.succeeded();
             Duration::from_secs(5)
         };
         tokio::select! {
