@@ -286,17 +286,12 @@ async fn ingest(
                     .run(move |s| s.put_json(DEAD_LETTERS, &id, &dl))
                     .await
                 {
-                    if dead > 0 {
-                        c.dead_lettered.notify_one();
-                    }
                     return internal_error(e);
                 }
                 dead += 1;
+                c.dead_lettered.notify_one();
             }
         }
-    }
-    if dead > 0 {
-        c.dead_lettered.notify_one();
     }
     let _ = c.count_dead_letters().await;
     (

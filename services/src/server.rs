@@ -62,7 +62,6 @@ pub struct RequestTrace(pub TraceContext);
 #[derive(Debug, Clone)]
 struct RouteTag(String);
 
-/// `{"error": msg}` with a status.
 /// `500` for a failure of the service itself (its store), logged with the error.
 pub fn internal_error(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "internal error");
@@ -72,6 +71,7 @@ pub fn internal_error(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// `{"error": msg}` with a status.
 pub fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }

@@ -54,6 +54,28 @@ pub fn batch_op(item: &OutboxItem) -> Option<BatchOp> {
     }
 }
 
+/// What an answer of smoc-service (to a single call or to one batch item) means for the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Stored: the item leaves the outbox.
+    Stored,
+    /// Refused for good (400, 413, 422): logged, and the item leaves the outbox.
+    Refused,
+    /// Not taken now (403 before an ACL allows device-hub, 404 during a rollout, ...): the item
+    /// and those after it stay, retried with backoff.
+    NotNow,
+}
+
+impl Answer {
+    fn of(status: u16) -> Self {
+        match status {
+            200..=299 => Answer::Stored,
+            s if refused_for_good(s) => Answer::Refused,
+            _ => Answer::NotNow,
+        }
+    }
+}
+
 /// smoc-service's answer to `POST /v1/batch`.
 #[derive(Debug, Deserialize)]
 struct BatchAnswer {
@@ -74,6 +96,26 @@ struct Delivery {
     done: Vec<String>,
     /// Stopped at an item smoc-service could not be reached for: the rest waits for backoff.
     failed: bool,
+}
+
+impl Delivery {
+    /// Records smoc-service's answer for `item`; `false` when the item stays (and the round stops
+    /// there, to keep the order).
+    fn settle(&mut self, key: &str, item: &OutboxItem, status: u16, error: &str) -> bool {
+        match Answer::of(status) {
+            Answer::Stored => {}
+            Answer::Refused => {
+                tracing::error!(path = %item.path, status, error, "smoc-service refused outbox item; dropping it");
+            }
+            Answer::NotNow => {
+                tracing::warn!(path = %item.path, status, error, "smoc-service did not take outbox item; retrying");
+                self.failed = true;
+                return false;
+            }
+        }
+        self.done.push(key.to_string());
+        true
+    }
 }
 
 /// How a batch call went.
@@ -173,18 +215,10 @@ impl Outbox {
         // wait for the next round.
         let mut delivery = Delivery::default();
         for ((key, item), result) in page.iter().zip(&answer.results) {
-            match result.status {
-                200..=299 => {}
-                status if refused_for_good(status) => {
-                    tracing::error!(path = %item.path, status, error = result.error.as_deref().unwrap_or(""), "smoc-service refused outbox item; dropping it");
-                }
-                status => {
-                    tracing::warn!(path = %item.path, status, error = result.error.as_deref().unwrap_or(""), "smoc-service did not store outbox item; retrying");
-                    delivery.failed = true;
-                    break;
-                }
+            let error = result.error.as_deref().unwrap_or("");
+            if !delivery.settle(key, item, result.status, error) {
+                break;
             }
-            delivery.done.push(key.clone());
         }
         BatchOutcome::Delivered(delivery)
     }
@@ -209,17 +243,11 @@ impl Outbox {
                 _ = self.shutdown.changed() => break,
             };
             match outcome {
-                Ok(resp) if (200..300).contains(&resp.status) => delivery.done.push(key),
-                Ok(resp) if refused_for_good(resp.status) => {
-                    tracing::error!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service refused outbox item; dropping it");
-                    delivery.done.push(key);
-                }
-                // Not allowed yet (an ACL that does not list device-hub), or a route missing
-                // during a rollout: kept, and retried with backoff.
                 Ok(resp) => {
-                    tracing::warn!(path = %item.path, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "smoc-service did not take outbox item; retrying");
-                    delivery.failed = true;
-                    break;
+                    let body = String::from_utf8_lossy(&resp.body);
+                    if !delivery.settle(&key, &item, resp.status, &body) {
+                        break;
+                    }
                 }
                 Err(e) => {
                     self.record_failure(&(key, item), &e).await;
@@ -362,6 +390,25 @@ mod tests {
                 reading: json!({"value": 1.0})
             })
         );
+    }
+
+    #[test]
+    fn only_stored_and_refused_items_leave_the_outbox() {
+        assert_eq!(Answer::of(200), Answer::Stored);
+        assert_eq!(Answer::of(204), Answer::Stored);
+        for status in [400, 413, 422] {
+            assert_eq!(Answer::of(status), Answer::Refused, "{status}");
+        }
+        for status in [401, 403, 404, 409, 429, 500] {
+            assert_eq!(Answer::of(status), Answer::NotNow, "{status}");
+        }
+        let mut delivery = Delivery::default();
+        let put = item("PUT", "/v1/devices/M-1", Some(json!({})));
+        assert!(delivery.settle("1", &put, 201, ""));
+        assert!(delivery.settle("2", &put, 400, "invalid serial"));
+        assert!(!delivery.settle("3", &put, 403, "not allowed"));
+        assert_eq!(delivery.done, vec!["1".to_string(), "2".to_string()]);
+        assert!(delivery.failed);
     }
 
     #[test]

@@ -52,7 +52,6 @@ fn require_device_hub(smoc: &Smoc, req_peer: Option<String>) -> Result<(), Box<R
     }
 }
 
-/// Reads a JSON request body of at most `limit` bytes.
 /// The JSON body of a write, of at most `limit` bytes, from device-hub's identity only.
 async fn device_hub_write(
     smoc: &Smoc,
@@ -93,7 +92,7 @@ async fn put_device(
         .store
         .run(move |s| {
             let existed = s.get_json::<serde_json::Value>(DEVICES, &serial)?.is_some();
-            s.apply(&[Write::PutDevice(write.clone()).op()?])?;
+            s.apply(&[write.op()?])?;
             Ok((existed, write.device))
         })
         .await;
@@ -129,10 +128,7 @@ async fn post_reading(State(smoc): State<Arc<Smoc>>, req: Request) -> Response {
     };
     let r = smoc
         .store
-        .run(move |s| {
-            s.apply(&[Write::PutReading(write.clone()).op()?])
-                .map(|_| write.reading)
-        })
+        .run(move |s| s.apply(&[write.op()?]).map(|_| write.reading))
         .await;
     match r {
         Ok(reading) => (StatusCode::CREATED, Json(reading)).into_response(),

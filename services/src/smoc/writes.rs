@@ -64,12 +64,24 @@ pub enum Write {
     PutReading(ReadingWrite),
 }
 
+impl DeviceWrite {
+    pub fn op(&self) -> Result<WriteOp, StoreError> {
+        WriteOp::put_json(DEVICES, &self.serial, &self.device)
+    }
+}
+
+impl ReadingWrite {
+    pub fn op(&self) -> Result<WriteOp, StoreError> {
+        WriteOp::put_json(READINGS, &self.key, &self.reading)
+    }
+}
+
 impl Write {
     pub fn op(&self) -> Result<WriteOp, StoreError> {
         match self {
-            Write::PutDevice(d) => WriteOp::put_json(DEVICES, &d.serial, &d.device),
+            Write::PutDevice(d) => d.op(),
             Write::DeleteDevice { serial } => Ok(WriteOp::delete(DEVICES, serial)),
-            Write::PutReading(r) => WriteOp::put_json(READINGS, &r.key, &r.reading),
+            Write::PutReading(r) => r.op(),
         }
     }
 }
