@@ -1,6 +1,7 @@
 //! Helpers shared by the e2e tests and benchmarks. Everything here talks to the cluster that
 //! `KUBECONFIG` points to (the local cluster or kind); tests run only when `MPM_E2E=1`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -58,10 +59,45 @@ impl TestNamespace {
         })
     }
 
+    /// Deletes the namespace (not waiting for it to go). Retried a few times: a namespace left
+    /// behind keeps its objects changing (certificate renewals) under later tests.
     pub async fn delete(self) {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let _ = api.delete(&self.name, &DeleteParams::background()).await;
+        for attempt in 1..=5 {
+            match api.delete(&self.name, &DeleteParams::background()).await {
+                Ok(_) => return,
+                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                Err(e) if attempt == 5 => {
+                    eprintln!("could not delete namespace {}: {e}", self.name)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
     }
+}
+
+/// Namespaces whose objects may still change: those of other e2e tests (label `mpm-e2e=true`,
+/// other than `own`) and any namespace terminating (the examples' own), with their phase.
+pub async fn unsettled_namespaces(client: &Client, own: &str) -> anyhow::Result<Vec<String>> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .context("listing namespaces")?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|ns| {
+            let name = ns.metadata.name?;
+            let test = ns
+                .metadata
+                .labels?
+                .get("mpm-e2e")
+                .is_some_and(|v| v == "true");
+            let phase = ns.status.and_then(|s| s.phase).unwrap_or_default();
+            ((test || phase == "Terminating") && name != own).then(|| format!("{name} ({phase})"))
+        })
+        .collect())
 }
 
 /// Polls `check` every 500 ms until it returns `Ok(Some(v))`, failing after `timeout` with the
@@ -89,12 +125,39 @@ where
 /// Sum of `mpm_operator_api_writes_total` on the leading operator replica, read through the API
 /// server's pod proxy (works the same on kind and on the local cluster).
 pub async fn operator_writes(client: &Client) -> anyhow::Result<u64> {
+    Ok(operator_writes_by_series(client).await?.values().sum())
+}
+
+/// `mpm_operator_api_writes_total` of the leading operator replica per series (its labels, as
+/// exposed: `{resource="Secret",verb="patch"}`), so a test can say what was written.
+pub async fn operator_writes_by_series(client: &Client) -> anyhow::Result<BTreeMap<String, u64>> {
     let text = leader_metrics(client).await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("mpm_operator_api_writes_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    Ok(write_series(&text))
+}
+
+fn write_series(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("mpm_operator_api_writes_total"))
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_string(), value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// Series that grew between two `operator_writes_by_series` readings, with how much.
+pub fn grown_series(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(series, n)| {
+            let grew = n.saturating_sub(before.get(series).copied().unwrap_or(0));
+            (grew > 0).then(|| (series.clone(), grew))
+        })
+        .collect()
 }
 
 /// The value of one series (name and labels, as exposed) in a Prometheus text exposition.
@@ -262,4 +325,34 @@ pub async fn mtls_call(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_series_are_read_per_label_set_and_diffed() {
+        let before = write_series(
+            "# TYPE mpm_operator_api_writes counter\n\
+             mpm_operator_api_writes_total{resource=\"Secret\",verb=\"patch\"} 3\n\
+             mpm_operator_api_writes_created 1.7e9\n",
+        );
+        assert_eq!(before.values().sum::<u64>(), 3);
+        let after = write_series(
+            "mpm_operator_api_writes_total{resource=\"Secret\",verb=\"patch\"} 5\n\
+             mpm_operator_api_writes_total{resource=\"DeviceHub/status\",verb=\"patch\"} 1\n",
+        );
+        let grown = grown_series(&before, &after);
+        assert_eq!(
+            grown.into_iter().collect::<Vec<_>>(),
+            vec![
+                (
+                    "{resource=\"DeviceHub/status\",verb=\"patch\"}".to_string(),
+                    1
+                ),
+                ("{resource=\"Secret\",verb=\"patch\"}".to_string(), 2),
+            ]
+        );
+    }
 }

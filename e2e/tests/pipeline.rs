@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use mpm_e2e::{client, condition, create, mtls_call, skip, wait_for, TestNamespace, VERSION};
 use mpm_operator::crd::{DeviceHub, ServiceACL};
@@ -44,9 +44,7 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
         "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub", "metadata": {"name": HUB},
         "spec": {
             "jwt": {"issuer": "https://idp.e2e", "audience": "smoc-api", "jwksConfigMap": "jwks"},
-            // The API layer's identity, declared as a service of the hub.
-            "services": [{"name": "api-gateway", "image": format!("localhost/mpm-services:{VERSION}"),
-                          "command": ["/usr/local/bin/device-hub"]}]
+            "services": services(1)
         }
     }))
     .await?;
@@ -116,19 +114,7 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
 
     // The HES posts an IEC 61968-9 MeterReadings document to the connector's ingest port.
     let serial = "E2E-PIPE-0001";
-    let xml = format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<m:MeterReadings xmlns:m="http://iec.ch/TC57/2011/MeterReadings#">
-  <m:MeterReading>
-    <m:Meter><m:mRID>e2e</m:mRID><m:Names><m:name>{serial}</m:name></m:Names></m:Meter>
-    <m:Readings>
-      <m:ReadingType ref="0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0"/>
-      <m:timeStamp>2026-11-22T10:00:00Z</m:timeStamp>
-      <m:value>42.5</m:value>
-    </m:Readings>
-  </m:MeterReading>
-</m:MeterReadings>"#
-    );
+    let xml = meter_readings(serial, "42.5");
     let connector = pods
         .list(&ListParams::default().labels(&format!(
             "meterpark.io/hub={HUB},meterpark.io/service=iec61968-connector"
@@ -160,69 +146,161 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
         &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())?,
     )?;
     let bearer = format!("Bearer {token}");
-    let path = format!("/v1/meters/{serial}/readings");
     // An event the connector could not forward stays in its dead-letter store and is redelivered
     // automatically (contract: ingest API); the reading must arrive either way.
-    let readings = wait_for(
-        "reading visible in smoc-service",
-        Duration::from_secs(120),
-        || async {
-            let (status, body) = mtls_call(
-                client,
-                ns,
-                HUB,
-                "api-gateway",
-                "smoc-service",
-                "GET",
-                &path,
-                &[("authorization", &bearer)],
-                b"",
-            )
-            .await?;
-            Ok((status == 200 && body.contains("42.5")).then_some(body))
-        },
-    )
-    .await;
-    let readings = match readings {
-        Ok(r) => r,
-        Err(e) => {
-            let dead = connector_http(&pods, &connector, "GET /dead-letters", None).await;
-            anyhow::bail!("{e}; the connector's dead letters: {dead:?}");
-        }
-    };
+    let readings = reading_arrives(client, ns, &pods, &connector, &bearer, serial, "42.5").await?;
     println!("smoc-service readings: {readings}");
 
     // Without a token the query API refuses; the connector's identity is refused outright.
-    let (status, _) = mtls_call(
-        client,
-        ns,
-        HUB,
-        "api-gateway",
-        "smoc-service",
-        "GET",
-        &path,
-        &[],
-        b"",
-    )
-    .await?;
+    let (status, _) = query_readings(client, ns, "api-gateway", serial, None).await?;
     assert_eq!(status, 401);
-    let (status, _) = mtls_call(
-        client,
-        ns,
-        HUB,
-        "iec61968-connector",
-        "smoc-service",
-        "GET",
-        &path,
-        &[("authorization", &bearer)],
-        b"",
+    let (status, _) =
+        query_readings(client, ns, "iec61968-connector", serial, Some(&bearer)).await?;
+    assert_eq!(status, 403);
+
+    device_hub_outage(client, ns, &pods, &connector, &bearer).await
+}
+
+/// device-hub goes away for a while (scaled to 0): a reading posted meanwhile is dead-lettered by
+/// the connector, and reaches smoc-service by itself once device-hub is back, with no replay call.
+async fn device_hub_outage(
+    client: &Client,
+    ns: &str,
+    pods: &Api<Pod>,
+    connector: &str,
+    bearer: &str,
+) -> anyhow::Result<()> {
+    let hubs: Api<DeviceHub> = Api::namespaced(client.clone(), ns);
+    let scale = |replicas: i32| {
+        let hubs = hubs.clone();
+        async move {
+            let patch = json!({"spec": {"services": services(replicas)}});
+            hubs.patch(HUB, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+    };
+    scale(0).await?;
+    let device_hub_pods = format!("meterpark.io/hub={HUB},meterpark.io/service=device-hub");
+    wait_for("device-hub pods gone", Duration::from_secs(120), || async {
+        let list = pods
+            .list(&ListParams::default().labels(&device_hub_pods))
+            .await?;
+        Ok(list.items.is_empty().then_some(()))
+    })
+    .await?;
+
+    let serial = "E2E-PIPE-0002";
+    let ingest = connector_http(
+        pods,
+        connector,
+        "POST /ingest",
+        Some(&meter_readings(serial, "17.25")),
     )
     .await?;
-    assert_eq!(status, 403);
+    println!("connector answered during the outage: {ingest}");
+    let answer: serde_json::Value = ingest
+        .find('{')
+        .and_then(|i| serde_json::from_str(ingest[i..].trim()).ok())
+        .ok_or_else(|| anyhow::anyhow!("no JSON in the connector's answer: {ingest}"))?;
+    anyhow::ensure!(
+        ingest.starts_with("HTTP/1.1 202") && answer["deadLettered"] == 1,
+        "the reading must be accepted and dead-lettered while device-hub is away: {ingest}"
+    );
+
+    let back = std::time::Instant::now();
+    scale(1).await?;
+    let readings = reading_arrives(client, ns, pods, connector, bearer, serial, "17.25").await?;
+    println!(
+        "dead-lettered reading in smoc-service {:?} after device-hub was scaled back: {readings}",
+        back.elapsed()
+    );
     Ok(())
 }
 
-/// Posts the document to the connector's ingest port through a port-forward (plain HTTP).
+/// The hub's services beyond the built-in defaults: the API layer's identity, declared as a
+/// service of the hub, and device-hub with `device_hub_replicas` pods.
+fn services(device_hub_replicas: i32) -> serde_json::Value {
+    json!([
+        {"name": "api-gateway", "image": format!("localhost/mpm-services:{VERSION}"),
+         "command": ["/usr/local/bin/device-hub"]},
+        {"name": "device-hub", "replicas": device_hub_replicas}
+    ])
+}
+
+/// An IEC 61968-9 MeterReadings document with one reading of `serial`.
+fn meter_readings(serial: &str, value: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<m:MeterReadings xmlns:m="http://iec.ch/TC57/2011/MeterReadings#">
+  <m:MeterReading>
+    <m:Meter><m:mRID>e2e</m:mRID><m:Names><m:name>{serial}</m:name></m:Names></m:Meter>
+    <m:Readings>
+      <m:ReadingType ref="0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0"/>
+      <m:timeStamp>2026-11-22T10:00:00Z</m:timeStamp>
+      <m:value>{value}</m:value>
+    </m:Readings>
+  </m:MeterReading>
+</m:MeterReadings>"#
+    )
+}
+
+/// Waits until smoc-service's query API (called as the API gateway, JWT with realm role
+/// `reader`) shows `value` for `serial`; on timeout the error carries the connector's dead
+/// letters.
+async fn reading_arrives(
+    client: &Client,
+    ns: &str,
+    pods: &Api<Pod>,
+    connector: &str,
+    bearer: &str,
+    serial: &str,
+    value: &str,
+) -> anyhow::Result<String> {
+    let readings = wait_for(
+        &format!("reading {value} of {serial} visible in smoc-service"),
+        Duration::from_secs(180),
+        || async {
+            let (status, body) =
+                query_readings(client, ns, "api-gateway", serial, Some(bearer)).await?;
+            Ok((status == 200 && body.contains(value)).then_some(body))
+        },
+    )
+    .await;
+    match readings {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let dead = connector_http(pods, connector, "GET /dead-letters", None).await;
+            anyhow::bail!("{e}; the connector's dead letters: {dead:?}");
+        }
+    }
+}
+
+/// `GET /v1/meters/{serial}/readings` on smoc-service over mTLS as `caller`, with `bearer` as the
+/// Authorization header if given: (status, body).
+async fn query_readings(
+    client: &Client,
+    ns: &str,
+    caller: &str,
+    serial: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let path = format!("/v1/meters/{serial}/readings");
+    let headers: Vec<(&str, &str)> = bearer.map(|b| ("authorization", b)).into_iter().collect();
+    mtls_call(
+        client,
+        ns,
+        HUB,
+        caller,
+        "smoc-service",
+        "GET",
+        &path,
+        &headers,
+        b"",
+    )
+    .await
+}
+
 /// One plain HTTP/1.1 request to the connector's ingest port (contract: ingest API) through a
 /// port-forward: `request` is the method and path, `xml` an optional XML body.
 async fn connector_http(

@@ -27,6 +27,7 @@ use crate::runtime::api_client::PoolSettings;
 use crate::runtime::http::{self, Health};
 use crate::runtime::leader::LeaderElector;
 use crate::runtime::metrics::{ErrorLabels, Metrics};
+use crate::runtime::shutdown::{drain_within, Drain, DRAIN_LIMIT};
 
 /// Options of `mpm-operator run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -181,11 +182,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.concurrency,
         pdb_api,
         writers,
-        shutdown,
+        shutdown.clone(),
     );
     tokio::select! {
-        _ = controllers => {
-            info!("controllers stopped");
+        drained = drain_within(controllers, shutdown(), DRAIN_LIMIT) => {
+            match drained {
+                Drain::Finished => info!("controllers stopped"),
+                Drain::Abandoned => warn!(
+                    limit_seconds = DRAIN_LIMIT.as_secs(),
+                    "controllers still running after the shutdown signal; stopping without them"
+                ),
+            }
             if args.leader_elect {
                 // Hand over now instead of letting the standby wait for the lease to expire.
                 elector.release().await;
