@@ -8,7 +8,8 @@
 //! from a replica taking the leader Lease back to the last Meter Provisioned. Creating N objects
 //! costs the API server about as much as the N patches of the ceiling, so a window that also held
 //! the creates could not reach the target whatever the operator did; the creates are timed and
-//! printed separately.
+//! printed separately. Last, the N Meters are deleted and timed until the last one is deprovisioned
+//! and gone (a mass decommission).
 
 use std::time::{Duration, Instant};
 
@@ -247,7 +248,70 @@ async fn measure(
         100.0,
     ));
     rows.push(outbox_drained(client, ns, window_end).await?);
+    rows.push(deprovision_all(&meters, count).await?);
     Ok(rows)
+}
+
+/// A mass decommission: the N Meters deleted (`CONCURRENCY` deletes in flight, as `kubectl
+/// delete` would send them), timed until the last is gone. A Meter goes only once its finalizer
+/// saw device-hub deprovision it, so this is the deprovisioning rate of the whole path.
+async fn deprovision_all(meters: &Api<Meter>, count: usize) -> anyhow::Result<Row> {
+    let start = Instant::now();
+    let (delete_time, errors) = run_concurrent(count, CONCURRENCY, |i| {
+        let meters = meters.clone();
+        async move {
+            meters
+                .delete(&format!("m{i:05}"), &DeleteParams::default())
+                .await?;
+            Ok(())
+        }
+    })
+    .await;
+    if errors > 0 {
+        bail!("{errors} Meters could not be deleted");
+    }
+    let timeout = Duration::from_secs(120) + Duration::from_millis(100) * count as u32;
+    let mut last_report = Instant::now();
+    loop {
+        let left = remaining(meters).await?;
+        if left == 0 {
+            break;
+        }
+        if start.elapsed() > timeout {
+            bail!("{left} of {count} deleted Meters still there after {timeout:?}");
+        }
+        if last_report.elapsed() > Duration::from_secs(15) {
+            eprintln!(
+                "  {left}/{count} deleted Meters not yet deprovisioned after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let total = start.elapsed();
+    Ok(Row::info(
+        "meters: delete all N → all deprovisioned and gone",
+        format!(
+            "{:.2} s = {:.0} Meters/s (the deletes themselves {:.2} s)",
+            total.as_secs_f64(),
+            count as f64 / total.as_secs_f64(),
+            delete_time.as_secs_f64()
+        ),
+    ))
+}
+
+/// How many Meters the namespace still holds, from a one-item list (`remainingItemCount`): a full
+/// list of thousands of Meters every half second would load the API server being measured.
+async fn remaining(meters: &Api<Meter>) -> anyhow::Result<u64> {
+    let page = meters
+        .list_metadata(&ListParams::default().limit(1))
+        .await?;
+    Ok(page.items.len() as u64
+        + page
+            .metadata
+            .remaining_item_count
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0)))
 }
 
 /// device-hub hands every Meter on to smoc-service through its outbox, in batches (contract:

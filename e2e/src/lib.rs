@@ -94,8 +94,23 @@ pub async fn unsettled_namespaces(client: &Client, own: &str) -> anyhow::Result<
                 .labels?
                 .get("mpm-e2e")
                 .is_some_and(|v| v == "true");
-            let phase = ns.status.and_then(|s| s.phase).unwrap_or_default();
-            ((test || phase == "Terminating") && name != own).then(|| format!("{name} ({phase})"))
+            let status = ns.status.unwrap_or_default();
+            let phase = status.phase.unwrap_or_default();
+            // A namespace stuck terminating says why in its conditions (content left, finalizers,
+            // discovery or deletion failures).
+            let why: Vec<String> = status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.status == "True")
+                .map(|c| format!("{}: {}", c.type_, c.message.unwrap_or_default()))
+                .collect();
+            ((test || phase == "Terminating") && name != own).then(|| {
+                format!(
+                    "{name} ({phase}{})",
+                    why.iter().map(|w| format!("; {w}")).collect::<String>()
+                )
+            })
         })
         .collect())
 }

@@ -1,5 +1,6 @@
 //! The device-hub client against a fake device-hub over real mTLS: SPIFFE server identity, client
-//! certificate, batching of concurrent PUTs, the single-PUT fallback, rejections and DELETE.
+//! certificate, batching of concurrent PUTs and DELETEs, the single-call fallbacks, rejections and
+//! idempotent DELETEs.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ struct Seen {
     puts: AtomicUsize,
     deletes: AtomicUsize,
     batch_404: AtomicUsize,
+    delete_batches: Mutex<Vec<usize>>,
+    delete_batch_404: AtomicUsize,
     connections: AtomicUsize,
     client_ids: Mutex<HashSet<String>>,
 }
@@ -118,6 +121,32 @@ async fn handle(
                         json!({"serialNumber": serial, "status": 400, "error": "hesId must not be empty"})
                     } else {
                         json!({"serialNumber": serial, "status": 201, "meter": record(serial)})
+                    }
+                })
+                .collect();
+            reply(200, json!({ "results": results }))
+        }
+        ("POST", "/v1/meters:batchDelete") => {
+            if !batch.load(Ordering::SeqCst) {
+                seen.delete_batch_404.fetch_add(1, Ordering::SeqCst);
+                return reply(404, json!({"error": "not found"}));
+            }
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let serials = v["serialNumbers"].as_array().cloned().unwrap_or_default();
+            seen.delete_batches
+                .lock()
+                .expect("lock")
+                .push(serials.len());
+            // Answered in reverse order: the client pairs results by serial.
+            let results: Vec<Value> = serials
+                .iter()
+                .rev()
+                .map(|s| {
+                    let serial = s.as_str().unwrap_or_default();
+                    if serial.starts_with("BAD") {
+                        json!({"serialNumber": serial, "status": 400, "error": "not a serial"})
+                    } else {
+                        json!({"serialNumber": serial, "status": 204})
                     }
                 })
                 .collect();
@@ -354,6 +383,62 @@ async fn delete_is_idempotent_and_connections_are_reused() {
         1,
         "keep-alive: one connection for sequential calls"
     );
+}
+
+#[tokio::test]
+async fn concurrent_deletes_travel_in_batches() {
+    let pki = Pki::new();
+    let (addr, seen, _) = serve(&pki, pki.leaf(HUB_ID), true).await;
+    let client = Arc::new(client(&pki, addr, ClientSettings::default()));
+    let serials: Vec<String> = (0..100)
+        .map(|i| format!("SN-{i:03}"))
+        .chain(["BAD-1".to_string()])
+        .collect();
+    let results = futures::future::join_all(serials.iter().map(|s| {
+        let c = client.clone();
+        async move { c.delete(s).await }
+    }))
+    .await;
+    for (serial, r) in serials.iter().zip(&results) {
+        if serial == "BAD-1" {
+            let err = r.as_ref().expect_err("BAD-1 is rejected");
+            assert!(err.is_rejection(), "{err}");
+            assert!(err.to_string().contains("not a serial"), "{err}");
+        } else {
+            r.as_ref().unwrap_or_else(|e| panic!("{serial}: {e}"));
+        }
+    }
+    let batches = seen.delete_batches.lock().expect("lock").clone();
+    assert_eq!(batches.iter().sum::<usize>(), 101, "{batches:?}");
+    assert!(
+        batches.len() <= 3,
+        "101 simultaneous DELETEs need few batches: {batches:?}"
+    );
+    assert_eq!(seen.deletes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn without_batch_delete_endpoint_single_deletes_are_used() {
+    let pki = Pki::new();
+    let (addr, seen, _) = serve(&pki, pki.leaf(HUB_ID), false).await;
+    let client = Arc::new(client(&pki, addr, ClientSettings::default()));
+    let run = |n: usize| {
+        let client = client.clone();
+        async move {
+            futures::future::join_all((0..n).map(|i| {
+                let c = client.clone();
+                async move { c.delete(&format!("SN-{i}")).await }
+            }))
+            .await
+        }
+    };
+    assert!(run(20).await.iter().all(Result::is_ok));
+    assert_eq!(seen.delete_batch_404.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.deletes.load(Ordering::SeqCst), 20);
+    // The fallback sticks.
+    assert!(run(10).await.iter().all(Result::is_ok));
+    assert_eq!(seen.delete_batch_404.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.deletes.load(Ordering::SeqCst), 30);
 }
 
 #[tokio::test]

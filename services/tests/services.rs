@@ -149,6 +149,64 @@ async fn device_hub_api_idempotent_put_and_persistence_across_restart() {
         404
     );
 
+    // Batch delete: one result per serial, in order; absent serials are done too.
+    for serial in ["D-1", "D-2"] {
+        let (code, _) = call(
+            Method::PUT,
+            format!("/v1/meters/{serial}"),
+            Some(meter(serial, "X1")),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    let deletes = serde_json::json!({"serialNumbers": ["D-1", "B-1", "not a serial", "D-2"]});
+    let (code, body) = call(
+        Method::POST,
+        "/v1/meters:batchDelete".into(),
+        Some(deletes.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let res = json(&body)["results"].as_array().cloned().expect("results");
+    let answers: Vec<(String, u64)> = res
+        .iter()
+        .map(|r| {
+            (
+                r["serialNumber"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            ("D-1".to_string(), 204),
+            ("B-1".to_string(), 204),
+            ("not a serial".to_string(), 400),
+            ("D-2".to_string(), 204)
+        ]
+    );
+    for serial in ["D-1", "D-2"] {
+        assert_eq!(
+            call(Method::GET, format!("/v1/meters/{serial}"), None)
+                .await
+                .0,
+            404
+        );
+    }
+    for bad in [
+        serde_json::json!({"serialNumbers": vec!["S"; 501]}),
+        serde_json::json!({"items": []}),
+    ] {
+        let (code, body) = call(
+            Method::POST,
+            "/v1/meters:batchDelete".into(),
+            Some(bad.to_string().into_bytes()),
+        )
+        .await;
+        assert_eq!(code, 400, "{body}");
+    }
+
     // Restart on the same data dir: state is still there.
     hub.stop().await;
     let hub = start_hub(&w.hub, w.hub_config(&format!("https://{smoc_addr}")), None).await;

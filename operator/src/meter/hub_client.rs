@@ -10,8 +10,9 @@
 //! - HTTP/1.1 keep-alive connections in a small pool, a timeout on every request, at most
 //!   [`ClientSettings::max_in_flight`] requests per hub and a request rate limit per hub.
 //! - `PUT`s of Meters reconciled at the same moment are collected for [`ClientSettings::batch_window`]
-//!   (up to [`MAX_BATCH`] items) and sent as one `POST /v1/meters:batch`; a device-hub without the
-//!   batch endpoint (`404`) gets single `PUT`s from then on.
+//!   (up to [`MAX_BATCH`] items) and sent as one `POST /v1/meters:batch`, `DELETE`s likewise as one
+//!   `POST /v1/meters:batchDelete`; a device-hub without a batch endpoint (`404`) gets single calls
+//!   of that kind from then on.
 //!
 //! Key material is never logged: errors name the object and the problem, not the content.
 
@@ -27,20 +28,20 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use rand::Rng;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+pub use super::hub_batch::collect_batch;
+use super::hub_batch::{
+    batch_loop, match_batch_results, match_delete_results, reply_all, BatchAnswer, BatchResult,
+    Pending,
+};
+pub use super::hub_tls::{client_config, spiffe_ids, SpiffeServerVerifier};
 use super::state::DeviceRecord;
 use crate::crd::meter::{DesiredState, Location, MeterSpec};
 use crate::resources::names;
@@ -205,7 +206,7 @@ impl From<&MeterSpec> for MeterPayload {
 /// The part of device-hub's meter record the operator reads.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RecordBody {
+pub(super) struct RecordBody {
     device_id: String,
     #[serde(default)]
     state: String,
@@ -221,23 +222,6 @@ impl From<RecordBody> for DeviceRecord {
             provisioned_at: r.provisioned_at,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct BatchAnswer {
-    results: Vec<BatchResult>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BatchResult {
-    #[serde(default)]
-    serial_number: Option<String>,
-    status: u16,
-    #[serde(default)]
-    meter: Option<RecordBody>,
-    #[serde(default)]
-    error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,150 +245,6 @@ pub fn path_safe_serial(serial: &str) -> Result<(), HubError> {
             message: "serialNumber may only contain letters, digits, '-', '_', '.', ':' (1..128 characters)".into(),
         })
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TLS
-// ---------------------------------------------------------------------------------------------
-
-/// The SPIFFE IDs (`spiffe://` URI SANs) of a DER certificate.
-pub fn spiffe_ids(der: &[u8]) -> Result<Vec<String>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-    let mut ids = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(uri) = name {
-                if uri.starts_with("spiffe://") {
-                    ids.push((*uri).to_string());
-                }
-            }
-        }
-    }
-    Ok(ids)
-}
-
-/// Verifies the server's chain against the hub's trust bundle (webpki) and requires its URI SAN to
-/// be the expected SPIFFE ID. The host name is deliberately not checked: identities are SPIFFE IDs.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-    expected: String,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        let ids = spiffe_ids(end_entity.as_ref())
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if ids.iter().any(|id| id == &self.expected) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            tracing::warn!(expected = %self.expected, presented = ?ids, "device-hub SPIFFE ID mismatch");
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Builds the client TLS configuration: client certificate `cert_pem` (leaf first) with `key_pem`,
-/// trust `bundle_pem`, server identity `expected_spiffe_id`. Errors never contain key bytes.
-pub fn client_config(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-    bundle_pem: &[u8],
-    expected_spiffe_id: &str,
-) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
-    if chain.is_empty() {
-        return Err("tls.crt holds no certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| format!("tls.key holds no usable private key: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    let cas = CertificateDer::pem_slice_iter(bundle_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not valid PEM: {e}", names::TRUST_BUNDLE_KEY))?;
-    for (i, ca) in cas.into_iter().enumerate() {
-        roots.add(ca).map_err(|e| {
-            format!(
-                "{} certificate #{i} is not a usable CA: {e}",
-                names::TRUST_BUNDLE_KEY
-            )
-        })?;
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "{} holds no CA certificate",
-            names::TRUST_BUNDLE_KEY
-        ));
-    }
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: Arc::new(roots),
-        provider: provider.clone(),
-        expected: expected_spiffe_id.to_string(),
-    });
-    let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("client certificate and key do not form a usable identity: {e}"))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,6 +305,7 @@ struct Transport {
     settings: ClientSettings,
     metrics: Arc<Metrics>,
     batch_supported: AtomicBool,
+    batch_delete_supported: AtomicBool,
 }
 
 impl Transport {
@@ -661,26 +502,19 @@ impl Transport {
         }
     }
 
-    /// `POST /v1/meters:batch`; `Ok(None)` when device-hub has no batch endpoint (`404`).
-    async fn put_batch(
+    /// `POST` of a batch body to `path` (`/v1/meters:batch`, `/v1/meters:batchDelete`): the
+    /// per-item results, or `Ok(None)` when device-hub has no such endpoint (`404`, `405`).
+    async fn post_batch(
         &self,
-        payloads: &[MeterPayload],
-    ) -> Result<Option<Vec<Result<DeviceRecord, HubError>>>, HubError> {
-        let path = "/v1/meters:batch";
-        let body = serde_json::to_vec(&serde_json::json!({ "items": payloads })).map_err(|e| {
-            HubError::Decode {
-                addr: self.addr.clone(),
-                method: "POST".into(),
-                path: path.into(),
-                reason: format!("encoding the body: {e}"),
-            }
-        })?;
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Option<Vec<BatchResult>>, HubError> {
         let answer = self
             .request(
-                "POST /v1/meters:batch",
+                &format!("POST {path}"),
                 http::Method::POST,
                 path,
-                Some(Bytes::from(body)),
+                Some(Bytes::from(body.to_string())),
             )
             .await?;
         match answer.status {
@@ -695,11 +529,19 @@ impl Transport {
                 path: path.into(),
                 reason: e.to_string(),
             })?;
-        Ok(Some(match_batch_results(
-            payloads,
-            parsed.results,
-            &self.addr,
-        )))
+        Ok(Some(parsed.results))
+    }
+
+    /// `POST /v1/meters:batch`; `Ok(None)` when device-hub has no batch endpoint.
+    async fn put_batch(
+        &self,
+        payloads: &[MeterPayload],
+    ) -> Result<Option<Vec<Result<DeviceRecord, HubError>>>, HubError> {
+        let body = serde_json::json!({ "items": payloads });
+        Ok(self
+            .post_batch("/v1/meters:batch", &body)
+            .await?
+            .map(|results| match_batch_results(payloads, results, &self.addr)))
     }
 
     /// `DELETE /v1/meters/{serial}` (`204`, also when absent; `404` counts as done too).
@@ -724,9 +566,45 @@ impl Transport {
         }
     }
 
+    /// `POST /v1/meters:batchDelete`; `Ok(None)` when device-hub has no such endpoint.
+    async fn delete_batch(
+        &self,
+        serials: &[String],
+    ) -> Result<Option<Vec<Result<(), HubError>>>, HubError> {
+        let body = serde_json::json!({ "serialNumbers": serials });
+        Ok(self
+            .post_batch("/v1/meters:batchDelete", &body)
+            .await?
+            .map(|results| match_delete_results(serials, results, &self.addr)))
+    }
+
+    /// Sends a collected group of `DELETE`s: one batch when possible, single `DELETE`s otherwise.
+    async fn flush_deletes(self: Arc<Self>, items: Vec<Pending<String, ()>>) {
+        let serials: Vec<String> = items.iter().map(|i| i.item.clone()).collect();
+        let results = if serials.len() > 1 && self.batch_delete_supported.load(Ordering::Relaxed) {
+            match self.delete_batch(&serials).await {
+                Ok(Some(results)) => results,
+                Ok(None) => {
+                    tracing::info!(hub = %self.target.hub, namespace = %self.target.namespace,
+                        "device-hub has no batch delete endpoint; using single DELETEs");
+                    self.batch_delete_supported.store(false, Ordering::Relaxed);
+                    self.delete_each(&serials).await
+                }
+                Err(e) => serials.iter().map(|_| Err(e.clone())).collect(),
+            }
+        } else {
+            self.delete_each(&serials).await
+        };
+        reply_all(items, results);
+    }
+
+    async fn delete_each(&self, serials: &[String]) -> Vec<Result<(), HubError>> {
+        futures::future::join_all(serials.iter().map(|s| self.delete(s))).await
+    }
+
     /// Sends a collected group of `PUT`s: one batch when possible, single `PUT`s otherwise.
-    async fn flush(self: Arc<Self>, items: Vec<PendingPut>) {
-        let payloads: Vec<MeterPayload> = items.iter().map(|i| i.payload.clone()).collect();
+    async fn flush_puts(self: Arc<Self>, items: Vec<Pending<MeterPayload, DeviceRecord>>) {
+        let payloads: Vec<MeterPayload> = items.iter().map(|i| i.item.clone()).collect();
         let results = if payloads.len() > 1 && self.batch_supported.load(Ordering::Relaxed) {
             match self.put_batch(&payloads).await {
                 Ok(Some(results)) => results,
@@ -741,76 +619,12 @@ impl Transport {
         } else {
             self.put_each(&payloads).await
         };
-        for (item, result) in items.into_iter().zip(results) {
-            // The waiting reconcile may have been cancelled; nothing to do then.
-            let _ = item.reply.send(result);
-        }
+        reply_all(items, results);
     }
 
     async fn put_each(&self, payloads: &[MeterPayload]) -> Vec<Result<DeviceRecord, HubError>> {
         futures::future::join_all(payloads.iter().map(|p| self.put_one(p))).await
     }
-}
-
-/// Pairs batch results with the sent items: by position when the serial matches, else by serial.
-fn match_batch_results(
-    payloads: &[MeterPayload],
-    results: Vec<BatchResult>,
-    addr: &str,
-) -> Vec<Result<DeviceRecord, HubError>> {
-    let mut by_serial: HashMap<String, usize> = HashMap::new();
-    for (i, r) in results.iter().enumerate() {
-        if let Some(s) = &r.serial_number {
-            by_serial.entry(s.clone()).or_insert(i);
-        }
-    }
-    let mut slots: Vec<Option<BatchResult>> = results.into_iter().map(Some).collect();
-    payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let positional = slots.get(i).and_then(|s| s.as_ref()).is_some_and(|r| {
-                r.serial_number
-                    .as_deref()
-                    .is_none_or(|s| s == p.serial_number)
-            });
-            let index = if positional {
-                Some(i)
-            } else {
-                by_serial.get(&p.serial_number).copied()
-            };
-            let result = index.and_then(|i| slots.get_mut(i).and_then(Option::take));
-            let decode = |reason: String| HubError::Decode {
-                addr: addr.to_string(),
-                method: "POST".into(),
-                path: "/v1/meters:batch".into(),
-                reason,
-            };
-            match result {
-                None => Err(decode(format!("no result for meter {}", p.serial_number))),
-                Some(r) => match (r.status, r.meter) {
-                    (200 | 201, Some(m)) => Ok(m.into()),
-                    (200 | 201, None) => Err(decode(format!(
-                        "result for {} has no meter",
-                        p.serial_number
-                    ))),
-                    (400, _) => Err(HubError::Rejected {
-                        serial: p.serial_number.clone(),
-                        message: r
-                            .error
-                            .unwrap_or_else(|| "rejected without a message".into()),
-                    }),
-                    (status, _) => Err(HubError::Status {
-                        addr: addr.to_string(),
-                        method: "POST".into(),
-                        path: "/v1/meters:batch".into(),
-                        status,
-                        body: r.error.unwrap_or_default(),
-                    }),
-                },
-            }
-        })
-        .collect()
 }
 
 /// The `error` field of a JSON error body, else the (truncated) text.
@@ -835,50 +649,14 @@ fn traceparent() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Batching
-// ---------------------------------------------------------------------------------------------
-
-struct PendingPut {
-    payload: MeterPayload,
-    reply: oneshot::Sender<Result<DeviceRecord, HubError>>,
-}
-
-/// Waits for one item, then collects more until `window` has passed since the first one or `max`
-/// items are together. `None` when the channel is closed and empty.
-pub async fn collect_batch<T>(
-    rx: &mut mpsc::Receiver<T>,
-    window: Duration,
-    max: usize,
-) -> Option<Vec<T>> {
-    let first = rx.recv().await?;
-    let mut items = vec![first];
-    let deadline = Instant::now() + window;
-    while items.len() < max.max(1) {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(item)) => items.push(item),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    Some(items)
-}
-
-async fn batch_loop(transport: Arc<Transport>, mut rx: mpsc::Receiver<PendingPut>) {
-    let window = transport.settings.batch_window;
-    let max = transport.settings.batch_max.clamp(1, MAX_BATCH);
-    while let Some(items) = collect_batch(&mut rx, window, max).await {
-        // Send while collecting the next group; the semaphore bounds what is in flight.
-        tokio::spawn(transport.clone().flush(items));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Per-hub client and the cache
 // ---------------------------------------------------------------------------------------------
 
 /// The client of one hub's device-hub.
 pub struct HubClient {
     transport: Arc<Transport>,
-    puts: mpsc::Sender<PendingPut>,
+    puts: mpsc::Sender<Pending<MeterPayload, DeviceRecord>>,
+    deletes: mpsc::Sender<Pending<String, ()>>,
 }
 
 impl HubClient {
@@ -911,31 +689,57 @@ impl HubClient {
             permits: Semaphore::new(settings.max_in_flight.max(1)),
             limiter: RateLimiter::new(settings.requests_per_second, settings.burst),
             batch_supported: AtomicBool::new(true),
+            batch_delete_supported: AtomicBool::new(true),
             metrics,
             settings,
         });
         let (puts, rx) = mpsc::channel(MAX_BATCH * 2);
-        tokio::spawn(batch_loop(transport.clone(), rx));
-        Ok(Self { transport, puts })
+        let (window, max) = (
+            transport.settings.batch_window,
+            transport.settings.batch_max,
+        );
+        let t = transport.clone();
+        tokio::spawn(batch_loop(window, max, rx, move |items| {
+            t.clone().flush_puts(items)
+        }));
+        let (deletes, rx) = mpsc::channel(MAX_BATCH * 2);
+        let t = transport.clone();
+        tokio::spawn(batch_loop(window, max, rx, move |items| {
+            t.clone().flush_deletes(items)
+        }));
+        Ok(Self {
+            transport,
+            puts,
+            deletes,
+        })
     }
 
     /// Creates or updates a meter (idempotent); joins the current batch of this hub.
     pub async fn put(&self, payload: MeterPayload) -> Result<DeviceRecord, HubError> {
         path_safe_serial(&payload.serial_number)?;
+        self.join(&self.puts, payload).await
+    }
+
+    /// Deletes a meter (idempotent); joins the current delete batch of this hub.
+    pub async fn delete(&self, serial: &str) -> Result<(), HubError> {
+        path_safe_serial(serial)?;
+        self.join(&self.deletes, serial.to_string()).await
+    }
+
+    async fn join<T, R>(
+        &self,
+        queue: &mpsc::Sender<Pending<T, R>>,
+        item: T,
+    ) -> Result<R, HubError> {
         let closed = || HubError::Closed {
             hub: self.transport.target.hub.clone(),
         };
         let (reply, answer) = oneshot::channel();
-        self.puts
-            .send(PendingPut { payload, reply })
+        queue
+            .send(Pending { item, reply })
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
-    }
-
-    /// Deletes a meter (idempotent).
-    pub async fn delete(&self, serial: &str) -> Result<(), HubError> {
-        self.transport.delete(serial).await
     }
 }
 
@@ -1103,88 +907,26 @@ impl HubClients {
     }
 }
 
+/// A payload with placeholder fields, for tests.
+#[cfg(test)]
+pub(super) fn test_payload(serial: &str) -> MeterPayload {
+    MeterPayload {
+        serial_number: serial.into(),
+        manufacturer: "m".into(),
+        model: "x".into(),
+        protocol: "p".into(),
+        hes_id: "h".into(),
+        location: None,
+        desired_state: DesiredState::Active,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn payload(serial: &str) -> MeterPayload {
-        MeterPayload {
-            serial_number: serial.into(),
-            manufacturer: "m".into(),
-            model: "x".into(),
-            protocol: "p".into(),
-            hes_id: "h".into(),
-            location: None,
-            desired_state: DesiredState::Active,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn batches_close_after_the_window() {
-        let (tx, mut rx) = mpsc::channel(100);
-        for i in 0..3 {
-            tx.send(i).await.unwrap();
-        }
-        let late = tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            late.send(3).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(40)).await;
-            late.send(4).await.unwrap();
-        });
-        let first = collect_batch(&mut rx, Duration::from_millis(50), 500)
-            .await
-            .unwrap();
-        assert_eq!(
-            first,
-            vec![0, 1, 2, 3],
-            "item 3 arrived inside the window, item 4 after it"
-        );
-        let second = collect_batch(&mut rx, Duration::from_millis(50), 500)
-            .await
-            .unwrap();
-        assert_eq!(second, vec![4]);
-        drop(tx);
-        assert!(collect_batch(&mut rx, Duration::from_millis(50), 500)
-            .await
-            .is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn batches_are_capped() {
-        let (tx, mut rx) = mpsc::channel(2000);
-        for i in 0..1200 {
-            tx.send(i).await.unwrap();
-        }
-        let sizes = [
-            collect_batch(&mut rx, Duration::from_millis(50), MAX_BATCH)
-                .await
-                .unwrap()
-                .len(),
-            collect_batch(&mut rx, Duration::from_millis(50), MAX_BATCH)
-                .await
-                .unwrap()
-                .len(),
-            collect_batch(&mut rx, Duration::from_millis(50), MAX_BATCH)
-                .await
-                .unwrap()
-                .len(),
-        ];
-        assert_eq!(sizes, [500, 500, 200]);
-    }
-
-    #[test]
-    fn batch_results_pair_by_position_or_serial() {
-        let sent = vec![payload("A"), payload("B"), payload("C")];
-        let results: BatchAnswer = serde_json::from_value(serde_json::json!({"results": [
-            {"serialNumber": "B", "status": 400, "error": "hesId must not be empty"},
-            {"serialNumber": "A", "status": 201, "meter": {"deviceId": "dev-a", "serialNumber": "A", "state": "Provisioned", "provisionedAt": "2024-01-01T00:00:00Z"}},
-        ]}))
-        .unwrap();
-        let out = match_batch_results(&sent, results.results, "hub:8443");
-        assert_eq!(out[0].as_ref().unwrap().device_id, "dev-a");
-        assert!(out[1].as_ref().unwrap_err().is_rejection());
-        assert!(matches!(out[2], Err(HubError::Decode { .. })));
+        test_payload(serial)
     }
 
     #[test]
@@ -1242,18 +984,5 @@ mod tests {
             t.spiffe_id(),
             "spiffe://cluster.local/ns/park/sa/demo-device-hub"
         );
-    }
-
-    #[test]
-    fn client_config_reports_bad_material_without_content() {
-        let err = client_config(
-            b"garbage",
-            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-            b"",
-            "spiffe://x",
-        )
-        .unwrap_err();
-        assert!(err.contains("tls.crt"), "{err}");
-        assert!(!err.contains("AAAA"));
     }
 }

@@ -329,6 +329,33 @@ async fn get_meter(State(hub): State<Arc<Hub>>, Path(serial): Path<String>) -> R
     }
 }
 
+/// The writes that delete `serial`: the record and an outbox item telling smoc-service; none when
+/// it is not stored (a `DELETE` is idempotent). `gone` holds the serials an earlier item of the same
+/// transaction deletes.
+fn delete_ops(
+    store: &Store,
+    serial: &str,
+    traceparent: &str,
+    gone: &mut std::collections::HashSet<String>,
+    ops: &mut Vec<WriteOp>,
+) -> Result<(), StoreError> {
+    if gone.contains(serial) || store.get_json::<MeterRecord>(METERS, serial)?.is_none() {
+        return Ok(());
+    }
+    let item = OutboxItem {
+        method: "DELETE".into(),
+        path: format!("/v1/devices/{serial}"),
+        body: None,
+        traceparent: traceparent.to_string(),
+        attempts: 0,
+        enqueued_at: rfc3339(chrono::Utc::now()),
+    };
+    ops.push(WriteOp::delete(METERS, serial));
+    ops.push(WriteOp::put_json(OUTBOX, &queue_key(), &item)?);
+    gone.insert(serial.to_string());
+    Ok(())
+}
+
 async fn delete_meter(
     State(hub): State<Arc<Hub>>,
     Path(serial): Path<String>,
@@ -339,22 +366,12 @@ async fn delete_meter(
     let r = hub
         .store
         .run(move |s| {
-            if s.get_json::<MeterRecord>(METERS, &serial)?.is_none() {
-                return Ok(false);
+            let mut ops = Vec::new();
+            delete_ops(s, &serial, &tp, &mut Default::default(), &mut ops)?;
+            if !ops.is_empty() {
+                s.apply(&ops)?;
             }
-            let item = OutboxItem {
-                method: "DELETE".into(),
-                path: format!("/v1/devices/{serial}"),
-                body: None,
-                traceparent: tp,
-                attempts: 0,
-                enqueued_at: rfc3339(chrono::Utc::now()),
-            };
-            s.apply(&[
-                WriteOp::delete(METERS, &serial),
-                WriteOp::put_json(OUTBOX, &queue_key(), &item)?,
-            ])?;
-            Ok(true)
+            Ok(!ops.is_empty())
         })
         .await;
     match r {
@@ -363,6 +380,80 @@ async fn delete_meter(
                 hub.outbox_notify.notify_one();
             }
             StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => internal_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchDeleteBody {
+    serial_numbers: Vec<String>,
+}
+
+/// Deletes a whole batch in one durable transaction; answers only after the commit. One result
+/// per serial, in order: `204` (deleted or absent) or `400` (not a valid serial).
+fn delete_batch(
+    store: &Store,
+    serials: Vec<String>,
+    traceparent: &str,
+) -> Result<(Vec<BatchResult>, bool), StoreError> {
+    let mut gone = Default::default();
+    let mut ops = Vec::new();
+    let mut results = Vec::with_capacity(serials.len());
+    for serial in serials {
+        let (status, error) = match valid_serial(&serial) {
+            Ok(()) => {
+                delete_ops(store, &serial, traceparent, &mut gone, &mut ops)?;
+                (204, None)
+            }
+            Err(e) => (400, Some(e)),
+        };
+        results.push(BatchResult {
+            serial_number: Some(serial),
+            status,
+            meter: None,
+            error,
+        });
+    }
+    if !ops.is_empty() {
+        store.apply(&ops)?;
+    }
+    Ok((results, !ops.is_empty()))
+}
+
+async fn batch_delete(
+    State(hub): State<Arc<Hub>>,
+    Extension(trace): Extension<RequestTrace>,
+    body: Bytes,
+) -> Response {
+    let parsed: BatchDeleteBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid batch JSON (expected {{\"serialNumbers\": [...]}}): {e}"),
+            )
+        }
+    };
+    if parsed.serial_numbers.len() > MAX_BATCH {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "batch has {} serial numbers; at most {MAX_BATCH}",
+                parsed.serial_numbers.len()
+            ),
+        );
+    }
+    let _guard = hub.write_lock.lock().await;
+    let tp = trace.0.header_value();
+    let serials = parsed.serial_numbers;
+    match hub.store.run(move |s| delete_batch(s, serials, &tp)).await {
+        Ok((results, enqueued)) => {
+            if enqueued {
+                hub.outbox_notify.notify_one();
+            }
+            Json(serde_json::json!({ "results": results })).into_response()
         }
         Err(e) => internal_error(e),
     }
@@ -502,6 +593,7 @@ fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/v1/meters", get(list_meters))
         .route("/v1/meters:batch", post(batch))
+        .route("/v1/meters:batchDelete", post(batch_delete))
         .route(
             "/v1/meters/{serial}",
             put(put_meter).get(get_meter).delete(delete_meter),
@@ -604,6 +696,48 @@ mod tests {
         assert_eq!(changed.record.provisioned_at, "t0");
         assert_eq!(changed.record.state, "Decommissioned");
         assert_eq!(changed.record.model, "E360");
+    }
+
+    #[test]
+    fn a_delete_batch_deletes_once_and_answers_every_serial() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "t.redb").expect("open");
+        let trace = TraceContext::from_header_or_new(None);
+        for serial in ["S0", "S1"] {
+            upsert(&store, spec(serial, "E450"), &trace).expect("put");
+        }
+        let queued = store.count(OUTBOX).expect("count");
+
+        let serials = ["S0", "absent", "bad serial", "S0", "S1"].map(String::from);
+        let (results, enqueued) =
+            delete_batch(&store, serials.to_vec(), &trace.header_value()).expect("batch");
+        let answers: Vec<(Option<&str>, u16)> = results
+            .iter()
+            .map(|r| (r.serial_number.as_deref(), r.status))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                (Some("S0"), 204),
+                (Some("absent"), 204),
+                (Some("bad serial"), 400),
+                (Some("S0"), 204),
+                (Some("S1"), 204),
+            ]
+        );
+        assert!(results[2]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("may only contain")));
+        assert!(enqueued);
+        assert_eq!(store.count(METERS).expect("count"), 0);
+        // One DELETE for smoc-service per stored meter: the repeated S0 and the absent serial
+        // queue nothing.
+        assert_eq!(store.count(OUTBOX).expect("count"), queued + 2);
+
+        let (_, enqueued) =
+            delete_batch(&store, serials.to_vec(), &trace.header_value()).expect("again");
+        assert!(!enqueued, "deleting again writes nothing");
     }
 
     #[test]
