@@ -66,7 +66,8 @@ impl TestNamespace {
         for attempt in 1..=5 {
             match api.delete(&self.name, &DeleteParams::background()).await {
                 Ok(_) => return,
-                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                // Gone, or already terminating (a first attempt that went through).
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
                 Err(e) if attempt == 5 => {
                     eprintln!("could not delete namespace {}: {e}", self.name)
                 }
@@ -91,8 +92,9 @@ pub async fn unsettled_namespaces(client: &Client, own: &str) -> anyhow::Result<
             let name = ns.metadata.name?;
             let test = ns
                 .metadata
-                .labels?
-                .get("mpm-e2e")
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("mpm-e2e"))
                 .is_some_and(|v| v == "true");
             let status = ns.status.unwrap_or_default();
             let phase = status.phase.unwrap_or_default();

@@ -118,7 +118,7 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let seen = history.stop().await;
+    let seen = history.stop_after(&successor).await;
     let released = seen.iter().find(|(_, h)| h.is_empty()).map(|(t, _)| *t);
     let acquired = seen.iter().find(|(_, h)| h == &successor).map(|(t, _)| *t);
     println!(
@@ -127,7 +127,10 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
             .map(|(t, h)| (t.saturating_duration_since(stopped), h))
             .collect::<Vec<_>>()
     );
-    let (Some(released), Some(acquired)) = (released, acquired) else {
+    let Some(acquired) = acquired else {
+        anyhow::bail!("the Lease watch never showed {successor} taking over: {seen:?}");
+    };
+    let Some(released) = released.filter(|r| *r <= acquired) else {
         anyhow::bail!(
             "the stopping leader did not release the Lease (no empty holder seen before \
              {successor} took over)"
@@ -201,9 +204,18 @@ impl LeaseHistory {
         Ok(history)
     }
 
-    /// Stops watching (after a moment for the last event to arrive); the holders in order.
-    async fn stop(self) -> Vec<(Instant, String)> {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    /// Stops watching once `holder` has been seen (at most 10 s: the watch may trail the read
+    /// that found it); the holders in order.
+    async fn stop_after(self, holder: &str) -> Vec<(Instant, String)> {
+        let _ = wait_for(
+            &format!("{holder} in the Lease watch"),
+            Duration::from_secs(10),
+            || async {
+                let seen = self.seen.lock().expect("lease history");
+                Ok(seen.iter().any(|(_, h)| h == holder).then_some(()))
+            },
+        )
+        .await;
         self.task.abort();
         let seen = self.seen.lock().expect("lease history");
         seen.clone()

@@ -136,7 +136,7 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let claims = json!({"iss": "https://idp.e2e", "aud": "smoc-api", "sub": "e2e", "exp": now + 600, "iat": now,
+    let claims = json!({"iss": "https://idp.e2e", "aud": "smoc-api", "sub": "e2e", "exp": now + 3600, "iat": now,
                         "realm_access": {"roles": ["reader"]}});
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("e2e".into());

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use mpm_e2e::{
-    client, condition, create, grown_series, operator_writes_by_series, skip, unsettled_namespaces,
-    wait_for, TestNamespace,
+    client, condition, create, grown_series, leader, operator_writes_by_series, skip,
+    unsettled_namespaces, wait_for, TestNamespace,
 };
 use mpm_operator::crd::DeviceHub;
 use serde_json::json;
@@ -49,9 +49,17 @@ async fn no_writes_when_nothing_changes() -> anyhow::Result<()> {
         }
         // Let the last status updates and watch events settle.
         tokio::time::sleep(Duration::from_secs(10)).await;
+        // Both readings from the same leader process: a new leader's counters start at zero.
+        let leader_before = leader(&client).await?;
         let before = operator_writes_by_series(&client).await?;
         tokio::time::sleep(Duration::from_secs(60)).await;
         let after = operator_writes_by_series(&client).await?;
+        let leader_after = leader(&client).await?;
+        anyhow::ensure!(
+            leader_before == leader_after,
+            "leadership moved during the quiet minute ({leader_before} -> {leader_after}): \
+             nothing changed, so no replica should have lost the Lease"
+        );
         let grown = grown_series(&before, &after);
         let total: u64 = grown.values().sum();
         println!("operator API writes over 60 s with nothing changing: {total} {grown:?}");

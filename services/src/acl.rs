@@ -52,8 +52,16 @@ impl Decision {
         matches!(self, Decision::Allow)
     }
 
-    /// The message for the `403` body, naming the peer.
+    /// The message for the `403` body, naming the peer (and, for a batch endpoint, the single call
+    /// it was checked as).
     pub fn message(&self, peer: &str, method: &str, path: &str) -> String {
+        let (method, path) = match checked_as(method, path) {
+            (m, p) if (m, p) == (method, path) => (m.to_string(), p.to_string()),
+            (m, p) => (
+                format!("{m} (for {method} {path})"),
+                format!("{p} (for {path})"),
+            ),
+        };
         match self {
             Decision::Allow => String::new(),
             Decision::UnknownPeer => format!("peer {peer} not allowed: not in allowed-peers"),
@@ -95,11 +103,13 @@ impl Acl {
         })
     }
 
-    /// Checks a request. Several rules for the same peer are OR-ed.
+    /// Checks a request. Several rules for the same peer are OR-ed. A batch endpoint is checked
+    /// as the single call it stands for ([`checked_as`]).
     pub fn check(&self, peer: Option<&str>, method: &str, path: &str) -> Decision {
         let Some(peer) = peer else {
             return Decision::UnknownPeer;
         };
+        let (method, path) = checked_as(method, path);
         let mut best = Decision::UnknownPeer;
         for rule in self.rules.peers.iter().filter(|r| r.spiffe_id == peer) {
             let method_ok = rule.methods.is_empty()
@@ -123,6 +133,16 @@ impl Acl {
     }
 }
 
+/// The call a request is checked as (contract: allowed-peers.json): a batch endpoint as the single
+/// call each of its items would be, so that a rule withholding `DELETE` withholds batch deletes.
+pub fn checked_as<'a>(method: &'a str, path: &'a str) -> (&'a str, &'a str) {
+    match (method, path) {
+        ("POST", "/v1/meters:batch") => ("PUT", "/v1/meters/"),
+        ("POST", "/v1/meters:batchDelete") => ("DELETE", "/v1/meters/"),
+        _ => (method, path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +157,38 @@ mod tests {
     { "spiffeId": "spiffe://cluster.local/ns/park/sa/any" }
   ]
 }"#;
+
+    #[test]
+    fn batch_endpoints_are_checked_as_their_single_calls() {
+        let acl = Acl::parse(FILE).expect("valid");
+        // GET, PUT and POST on /v1/: batch PUTs yes, batch deletes no (no DELETE).
+        let hub = "spiffe://cluster.local/ns/park/sa/demo-device-hub";
+        assert_eq!(
+            acl.check(Some(hub), "POST", "/v1/meters:batch"),
+            Decision::Allow
+        );
+        let d = acl.check(Some(hub), "POST", "/v1/meters:batchDelete");
+        assert_eq!(d, Decision::MethodNotAllowed);
+        assert!(
+            d.message(hub, "POST", "/v1/meters:batchDelete")
+                .contains("method DELETE (for POST /v1/meters:batchDelete)"),
+            "{}",
+            d.message(hub, "POST", "/v1/meters:batchDelete")
+        );
+        // A rule for one meter's path does not cover a batch, which may hold any meter.
+        let one: &[u8] = br#"{"version": 1, "service": "device-hub", "peers": [
+            {"spiffeId": "spiffe://x/ns/p/sa/tool", "pathPrefixes": ["/v1/meters/SN-1"]}]}"#;
+        let acl = Acl::parse(one).expect("valid");
+        let tool = Some("spiffe://x/ns/p/sa/tool");
+        assert_eq!(
+            acl.check(tool, "DELETE", "/v1/meters/SN-1"),
+            Decision::Allow
+        );
+        assert_eq!(
+            acl.check(tool, "POST", "/v1/meters:batchDelete"),
+            Decision::PathNotAllowed
+        );
+    }
 
     #[test]
     fn checks_peer_method_and_path() {

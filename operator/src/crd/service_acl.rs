@@ -99,7 +99,9 @@ pub struct AllowRule {
     /// service's `https` port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<u16>>,
-    /// Optional HTTP-level restrictions enforced by the called service on mTLS requests.
+    /// Optional HTTP-level restrictions enforced by the called service on mTLS requests. A batch
+    /// endpoint is checked as the single call it stands for: device-hub's `POST
+    /// /v1/meters:batchDelete` needs `DELETE` on `/v1/meters/`, `POST /v1/meters:batch` needs `PUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpRestriction>,
 }

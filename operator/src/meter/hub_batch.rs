@@ -86,15 +86,19 @@ fn pair_results(serials: &[&str], results: Vec<BatchResult>) -> Vec<Option<Batch
             by_serial.entry(s.clone()).or_insert(i);
         }
     }
+    let same_count = results.len() == serials.len();
     let mut slots: Vec<Option<BatchResult>> = results.into_iter().map(Some).collect();
     serials
         .iter()
         .enumerate()
         .map(|(i, serial)| {
-            let positional = slots
-                .get(i)
-                .and_then(|s| s.as_ref())
-                .is_some_and(|r| r.serial_number.as_deref().is_none_or(|s| s == *serial));
+            // A result without a serial counts by position only when there is one per item.
+            let positional = slots.get(i).and_then(|s| s.as_ref()).is_some_and(|r| {
+                match r.serial_number.as_deref() {
+                    Some(s) => s == *serial,
+                    None => same_count,
+                }
+            });
             let index = if positional {
                 Some(i)
             } else {
@@ -163,8 +167,8 @@ pub(super) fn match_batch_results(
         .collect()
 }
 
-/// The results of a `POST /v1/meters:batchDelete`, one per serial sent (`204`, and `200` or `404`
-/// as for a single `DELETE`, mean gone).
+/// The results of a `POST /v1/meters:batchDelete`, one per serial sent (`204`, and `200`, `202` or
+/// `404` as for a single `DELETE`, mean gone).
 pub(super) fn match_delete_results(
     serials: &[String],
     results: Vec<BatchResult>,
@@ -176,7 +180,7 @@ pub(super) fn match_delete_results(
         .zip(serials)
         .map(|(result, serial)| match result {
             Some(BatchResult {
-                status: 200 | 204 | 404,
+                status: 200 | 202 | 204 | 404,
                 ..
             }) => Ok(()),
             other => Err(item_error(addr, "/v1/meters:batchDelete", serial, other)),
@@ -273,5 +277,20 @@ mod tests {
             matches!(out[3], Err(HubError::Decode { .. })),
             "no result for D"
         );
+    }
+
+    #[test]
+    fn results_without_serials_pair_by_position_only_when_complete() {
+        let sent: Vec<String> = ["A", "B"].map(String::from).to_vec();
+        let answer = |v: serde_json::Value| -> Vec<BatchResult> {
+            serde_json::from_value::<BatchAnswer>(v).unwrap().results
+        };
+        let all = answer(serde_json::json!({"results": [{"status": 204}, {"status": 400}]}));
+        let out = match_delete_results(&sent, all, "hub:8443");
+        assert!(out[0].is_ok() && out[1].is_err(), "{out:?}");
+        // One result missing: which item it belongs to is unknown, so neither counts as deleted.
+        let short = answer(serde_json::json!({"results": [{"status": 204}]}));
+        let out = match_delete_results(&sent, short, "hub:8443");
+        assert!(out.iter().all(Result::is_err), "{out:?}");
     }
 }

@@ -11,7 +11,7 @@
 //!   [`ClientSettings::max_in_flight`] requests per hub and a request rate limit per hub.
 //! - `PUT`s of Meters reconciled at the same moment are collected for [`ClientSettings::batch_window`]
 //!   (up to [`MAX_BATCH`] items) and sent as one `POST /v1/meters:batch`, `DELETE`s likewise as one
-//!   `POST /v1/meters:batchDelete`; a device-hub without a batch endpoint (`404`) gets single calls
+//!   `POST /v1/meters:batchDelete`; a device-hub without a batch endpoint (`404`, `405`) gets single calls
 //!   of that kind from then on.
 //!
 //! Key material is never logged: errors name the object and the problem, not the content.
@@ -48,7 +48,8 @@ use crate::resources::names;
 use crate::runtime::metrics::{Metrics, WriteLabels};
 use crate::runtime::ratelimit::RateLimiter;
 
-/// contract: device-hub API, `POST /v1/meters:batch` takes at most 500 items.
+/// contract: device-hub API, `POST /v1/meters:batch` and `POST /v1/meters:batchDelete` take at
+/// most 500 items.
 pub const MAX_BATCH: usize = 500;
 /// Largest response body read from device-hub (a full batch answer is far smaller).
 const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -150,7 +151,7 @@ pub struct ClientSettings {
     /// Average requests per second per hub, and the burst.
     pub requests_per_second: f64,
     pub burst: u32,
-    /// How long `PUT`s are collected into one batch.
+    /// How long `PUT`s (and, separately, `DELETE`s) are collected into one batch.
     pub batch_window: Duration,
     /// Items per batch (at most [`MAX_BATCH`]).
     pub batch_max: usize,

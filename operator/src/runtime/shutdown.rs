@@ -8,13 +8,16 @@
 //! its first seconds (a rolling upgrade right after a failover) would then keep the Lease until
 //! the kubelet kills it, and a standby would wait for the Lease to expire on top. So the drain is
 //! bounded: after the signal, the controllers get `limit` to finish, then the caller releases the
-//! Lease and exits; reconciles cut short are idempotent and run again on the next leader.
+//! Lease and exits; reconciles cut short are idempotent and run again on the next leader. A
+//! device-hub batch already on the wire may still complete in the moments between the release and
+//! the exit; its `PUT`s and `DELETE`s are idempotent too.
 
 use std::future::Future;
 use std::time::Duration;
 
 /// How long stopping controllers get to finish their running reconciles: well inside the chart's
-/// `terminationGracePeriodSeconds` (30) and longer than one device-hub request (5 s timeout).
+/// `terminationGracePeriodSeconds` (30), and longer than one device-hub request (5 s timeout; a
+/// reconcile queued behind a mass operation's rate limit may still be cut short, harmlessly).
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// How the controllers ended.
