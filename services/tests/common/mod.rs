@@ -459,8 +459,18 @@ pub fn peer(url: &str, sa: &str) -> PeerConfig {
     }
 }
 
-/// A free localhost port (bound and released).
+/// A free localhost port (bound and released) for a service started later at a fixed address,
+/// below Linux's ephemeral range (32768-60999). An ephemeral port could be taken meanwhile: by
+/// another test's connection, or by a client's own connection attempt to it, which the kernel can
+/// complete as a TCP self-connect while nothing listens (seen in CI: `AddrInUse` on the restart).
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port: u16 = rng.random_range(20_000..32_000);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("addr");
+        }
+    }
+    panic!("no free port in 20000..32000 after 1000 tries")
 }
