@@ -582,49 +582,64 @@ impl Transport {
     /// Sends a collected group of `DELETE`s: one batch when possible, single `DELETE`s otherwise.
     async fn flush_deletes(self: Arc<Self>, items: Vec<Pending<String, ()>>) {
         let serials: Vec<String> = items.iter().map(|i| i.item.clone()).collect();
-        let results = if serials.len() > 1 && self.batch_delete_supported.load(Ordering::Relaxed) {
-            match self.delete_batch(&serials).await {
-                Ok(Some(results)) => results,
-                Ok(None) => {
-                    tracing::info!(hub = %self.target.hub, namespace = %self.target.namespace,
-                        "device-hub has no batch delete endpoint; using single DELETEs");
-                    self.batch_delete_supported.store(false, Ordering::Relaxed);
-                    self.delete_each(&serials).await
-                }
-                Err(e) => serials.iter().map(|_| Err(e.clone())).collect(),
-            }
-        } else {
-            self.delete_each(&serials).await
-        };
+        let results = self
+            .batch_or_each(
+                &serials,
+                &self.batch_delete_supported,
+                "DELETE",
+                self.delete_batch(&serials),
+                |serial| self.delete(serial),
+            )
+            .await;
         reply_all(items, results);
-    }
-
-    async fn delete_each(&self, serials: &[String]) -> Vec<Result<(), HubError>> {
-        futures::future::join_all(serials.iter().map(|s| self.delete(s))).await
     }
 
     /// Sends a collected group of `PUT`s: one batch when possible, single `PUT`s otherwise.
     async fn flush_puts(self: Arc<Self>, items: Vec<Pending<MeterPayload, DeviceRecord>>) {
         let payloads: Vec<MeterPayload> = items.iter().map(|i| i.item.clone()).collect();
-        let results = if payloads.len() > 1 && self.batch_supported.load(Ordering::Relaxed) {
-            match self.put_batch(&payloads).await {
-                Ok(Some(results)) => results,
-                Ok(None) => {
-                    tracing::info!(hub = %self.target.hub, namespace = %self.target.namespace,
-                        "device-hub has no batch endpoint; using single PUTs");
-                    self.batch_supported.store(false, Ordering::Relaxed);
-                    self.put_each(&payloads).await
-                }
-                Err(e) => payloads.iter().map(|_| Err(e.clone())).collect(),
-            }
-        } else {
-            self.put_each(&payloads).await
-        };
+        let results = self
+            .batch_or_each(
+                &payloads,
+                &self.batch_supported,
+                "PUT",
+                self.put_batch(&payloads),
+                |payload| self.put_one(payload),
+            )
+            .await;
         reply_all(items, results);
     }
 
-    async fn put_each(&self, payloads: &[MeterPayload]) -> Vec<Result<DeviceRecord, HubError>> {
-        futures::future::join_all(payloads.iter().map(|p| self.put_one(p))).await
+    /// One result per item: from `batch` (not started unless used) when there are several items
+    /// and device-hub takes batches of these calls (`supported`), else from one `single` call per
+    /// item. A device-hub without the batch endpoint gets single calls of this kind from then on;
+    /// a failed batch fails every item (they are retried by their reconciles).
+    async fn batch_or_each<'a, T, R, B, S, SFut>(
+        &'a self,
+        items: &'a [T],
+        supported: &AtomicBool,
+        method: &str,
+        batch: B,
+        single: S,
+    ) -> Vec<Result<R, HubError>>
+    where
+        B: std::future::Future<Output = Result<Option<Vec<Result<R, HubError>>>, HubError>>,
+        S: Fn(&'a T) -> SFut,
+        SFut: std::future::Future<Output = Result<R, HubError>>,
+    {
+        let each = || futures::future::join_all(items.iter().map(&single));
+        if items.len() < 2 || !supported.load(Ordering::Relaxed) {
+            return each().await;
+        }
+        match batch.await {
+            Ok(Some(results)) => results,
+            Ok(None) => {
+                tracing::info!(hub = %self.target.hub, namespace = %self.target.namespace,
+                    "device-hub has no batch endpoint for {method}s; using single {method}s");
+                supported.store(false, Ordering::Relaxed);
+                each().await
+            }
+            Err(e) => items.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 }
 

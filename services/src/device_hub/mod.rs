@@ -422,29 +422,37 @@ fn delete_batch(
     Ok((results, !ops.is_empty()))
 }
 
+/// A batch body of the given `shape`, or why it is refused (`400`): a body that is not one, or that
+/// holds more than [`MAX_BATCH`] `entries` (counted by `len`).
+fn parse_batch<B: serde::de::DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+    entries: &str,
+    len: impl Fn(&B) -> usize,
+) -> Result<B, String> {
+    let parsed: B = serde_json::from_slice(body)
+        .map_err(|e| format!("invalid batch JSON (expected {shape}): {e}"))?;
+    let n = len(&parsed);
+    if n > MAX_BATCH {
+        return Err(format!("batch has {n} {entries}; at most {MAX_BATCH}"));
+    }
+    Ok(parsed)
+}
+
 async fn batch_delete(
     State(hub): State<Arc<Hub>>,
     Extension(trace): Extension<RequestTrace>,
     body: Bytes,
 ) -> Response {
-    let parsed: BatchDeleteBody = match serde_json::from_slice(&body) {
+    let parsed = match parse_batch::<BatchDeleteBody>(
+        &body,
+        r#"{"serialNumbers": [...]}"#,
+        "serial numbers",
+        |b| b.serial_numbers.len(),
+    ) {
         Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid batch JSON (expected {{\"serialNumbers\": [...]}}): {e}"),
-            )
-        }
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
     };
-    if parsed.serial_numbers.len() > MAX_BATCH {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "batch has {} serial numbers; at most {MAX_BATCH}",
-                parsed.serial_numbers.len()
-            ),
-        );
-    }
     let _guard = hub.write_lock.lock().await;
     let tp = trace.0.header_value();
     let serials = parsed.serial_numbers;
@@ -490,24 +498,11 @@ async fn batch(
     Extension(trace): Extension<RequestTrace>,
     body: Bytes,
 ) -> Response {
-    let parsed: BatchBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid batch JSON (expected {{\"items\": [...]}}): {e}"),
-            )
-        }
-    };
-    if parsed.items.len() > MAX_BATCH {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "batch has {} items; at most {MAX_BATCH}",
-                parsed.items.len()
-            ),
-        );
-    }
+    let parsed =
+        match parse_batch::<BatchBody>(&body, r#"{"items": [...]}"#, "items", |b| b.items.len()) {
+            Ok(b) => b,
+            Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
+        };
     let _guard = hub.write_lock.lock().await;
     let tc = trace.0.clone();
     let items: Vec<BatchItem> = parsed
