@@ -385,6 +385,7 @@ pub async fn start(
         listener,
         traced_app(ingest_router(c.clone()), &ctx),
         ctx.shutdown.clone(),
+        ctx.drain_deadline,
     ));
     running.tasks.spawn(async move {
         redeliver_dead_letters(c).await;

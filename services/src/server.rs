@@ -336,6 +336,18 @@ pub fn traced_app(router: Router, ctx: &ServiceContext) -> Router {
     ))
 }
 
+/// How an accepted TCP connection becomes an HTTP one.
+#[derive(Clone)]
+enum Transport {
+    /// Health and ingest ports: no TLS, no peer identity.
+    Plain,
+    /// The service port: an mTLS handshake, whose verified SPIFFE ID goes with every request.
+    Mtls {
+        acceptor: tokio_rustls::TlsAcceptor,
+        metrics: Arc<Metrics>,
+    },
+}
+
 /// Serves `app` over mTLS until `shutdown` flips, then drains in-flight connections for at most
 /// `drain`.
 pub async fn serve_https(
@@ -343,10 +355,39 @@ pub async fn serve_https(
     tls: Arc<ServerConfig>,
     app: Router,
     metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<(), ServerError> {
+    let transport = Transport::Mtls {
+        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        metrics,
+    };
+    serve(listener, transport, app, shutdown, drain).await
+}
+
+/// Serves a plain-HTTP router until `shutdown` flips, then drains in-flight connections for at
+/// most `drain`.
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<(), ServerError> {
+    serve(listener, Transport::Plain, app, shutdown, drain).await
+}
+
+/// The accept loop both listeners share. Every connection is a task of one `JoinSet`, and this
+/// returns only after each of them has ended and dropped its copy of `app`: a service's state
+/// (its database, say) is released once [`Running::wait`] returns, so the same process can open
+/// it again. (`axum::serve` does not promise that: its connection tasks drop the router after
+/// reporting themselves closed.)
+async fn serve(
+    listener: TcpListener,
+    transport: Transport,
+    app: Router,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<(), ServerError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut conns: JoinSet<()> = JoinSet::new();
     loop {
         if *shutdown.borrow() {
@@ -364,53 +405,13 @@ pub async fn serve_https(
                         continue;
                     }
                 };
-                let acceptor = acceptor.clone();
-                let app = app.clone();
-                let metrics = metrics.clone();
-                let mut sd = shutdown.clone();
-                conns.spawn(async move {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            metrics.handshake_failures.inc();
-                            tracing::warn!(remote = %remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.handshake_failures.inc();
-                            tracing::warn!(remote = %remote, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let peer = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(crate::tls::peer_spiffe_id);
-                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(PeerIdentity(peer.clone()));
-                        let app = app.clone();
-                        async move {
-                            let resp: Result<Response, Infallible> = app.oneshot(req.map(Body::new)).await;
-                            resp
-                        }
-                    });
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        r = conn.as_mut() => {
-                            if let Err(e) = r {
-                                tracing::debug!(remote = %remote, error = %e, "connection ended with error");
-                            }
-                        }
-                        _ = sd.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
-                });
+                conns.spawn(serve_connection(
+                    tcp,
+                    remote,
+                    transport.clone(),
+                    app.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
     }
@@ -422,27 +423,82 @@ pub async fn serve_https(
             remaining = conns.len(),
             "drain deadline reached; aborting connections"
         );
-        conns.abort_all();
+        // Abort, and wait until the aborted tasks are dropped (not merely told to stop).
+        conns.shutdown().await;
     }
     Ok(())
 }
 
-/// Serves a plain-HTTP router until `shutdown` flips (graceful).
-pub async fn serve_plain(
-    listener: TcpListener,
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    transport: Transport,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ServerError> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
+    shutdown: watch::Receiver<bool>,
+) {
+    match transport {
+        Transport::Plain => serve_http1(TokioIo::new(tcp), None, app, remote, shutdown).await,
+        Transport::Mtls { acceptor, metrics } => {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics.handshake_failures.inc();
+                    tracing::warn!(remote = %remote, error = %e, "TLS handshake failed");
+                    return;
                 }
+                Err(_) => {
+                    metrics.handshake_failures.inc();
+                    tracing::warn!(remote = %remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(crate::tls::peer_spiffe_id);
+            let identity = PeerIdentity(peer);
+            serve_http1(TokioIo::new(stream), Some(identity), app, remote, shutdown).await
+        }
+    }
+}
+
+/// One HTTP/1.1 connection until it ends; on shutdown it finishes the request in flight and
+/// closes.
+async fn serve_http1<I>(
+    io: TokioIo<I>,
+    identity: Option<PeerIdentity>,
+    app: Router,
+    remote: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if let Some(identity) = &identity {
+            req.extensions_mut().insert(identity.clone());
+        }
+        let app = app.clone();
+        async move {
+            let resp: Result<Response, Infallible> = app.oneshot(req.map(Body::new)).await;
+            resp
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(remote = %remote, error = %e, "connection ended with error");
             }
-        })
-        .await
-        .map_err(|e| ServerError::Other(format!("plain HTTP server: {e}")))
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// `/healthz`, `/readyz`, `/metrics`, `/status` (contract: Health port).
@@ -515,6 +571,7 @@ pub async fn start_common(ctx: &ServiceContext, app: Router) -> Result<Running, 
         health,
         health_router(ctx),
         ctx.shutdown.clone(),
+        ctx.drain_deadline,
     ));
     tracing::info!(service = %ctx.name, https = %https_addr, health = %health_addr, "listening");
     Ok(Running {

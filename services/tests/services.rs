@@ -438,3 +438,27 @@ async fn dead_letters_persist_and_are_redelivered_once_device_hub_answers() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].1["serialNumber"], "MTR-3");
 }
+
+/// A stopped service has let go of everything it held: a restart in the same process (as the
+/// tests above do) opens the same store at once. Stopping right after a request is the case
+/// that once raced (a connection task still held the ingest router, and so the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_connector_has_released_its_store() {
+    let w = World::new();
+    let cfg = w.conn_config(&format!("https://{}", free_addr()));
+    for round in 0..200 {
+        let conn = start_connector(&w.conn, cfg.clone()).await;
+        let ingest = conn.ingest.expect("ingest");
+        let (code, body) = http(ingest, "GET", "/dead-letters", &[], b"").await;
+        assert_eq!(code, 200, "{body}");
+        conn.stop().await;
+        let reopened = mpm_services::store::Store::open(
+            &w.conn.data_dir(),
+            mpm_services::connector::STORE_FILE,
+        );
+        assert!(
+            reopened.is_ok(),
+            "round {round}: the store is still held after stop: {reopened:?}"
+        );
+    }
+}
