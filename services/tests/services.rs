@@ -148,6 +148,10 @@ async fn device_hub_api_idempotent_put_and_persistence_across_restart() {
         call(Method::GET, "/v1/meters/B-1".into(), None).await.0,
         404
     );
+    // ... but a path that is no serial is refused, as in a batch.
+    let (code, body) = call(Method::DELETE, "/v1/meters/bad*serial".into(), None).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("may only contain"), "{body}");
 
     // Batch delete: one result per serial, in order; absent serials are done too.
     for serial in ["D-1", "D-2"] {

@@ -361,6 +361,9 @@ async fn delete_meter(
     Path(serial): Path<String>,
     Extension(trace): Extension<RequestTrace>,
 ) -> Response {
+    if let Err(e) = valid_serial(&serial) {
+        return json_error(StatusCode::BAD_REQUEST, e);
+    }
     let _guard = hub.write_lock.lock().await;
     let tp = trace.0.header_value();
     let r = hub
