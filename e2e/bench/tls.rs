@@ -325,6 +325,7 @@ impl Bench {
             trust_domain: TRUST_DOMAIN.into(),
             peers: BTreeMap::new(),
             hes: None,
+            ingest: Default::default(),
             jwt: None,
         };
         let (stop, shutdown) = watch::channel(false);

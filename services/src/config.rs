@@ -100,6 +100,15 @@ impl JwtConfig {
     }
 }
 
+/// The connector's ingest port (contract: config.json, `ingest`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestConfig {
+    /// Bounds on one ingest body; every field optional (defaults in [`crate::iec::Limits`]).
+    #[serde(default)]
+    pub limits: crate::iec::Limits,
+}
+
 /// `config.json` (contract: config.json).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -115,6 +124,9 @@ pub struct ServiceConfig {
     pub hes: Option<HesConfig>,
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// Connector only.
+    #[serde(default)]
+    pub ingest: IngestConfig,
 }
 
 fn default_trust_domain() -> String {
@@ -292,6 +304,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn ingest_limits_are_optional_and_checked() {
+        let base = r#""hub": "h", "namespace": "n", "service": "iec61968-connector""#;
+        let cfg = ServiceConfig::parse(format!("{{{base}}}").as_bytes()).expect("no ingest");
+        assert_eq!(cfg.ingest.limits, crate::iec::Limits::default());
+        let cfg = ServiceConfig::parse(
+            format!(r#"{{{base}, "ingest": {{"limits": {{"maxDepth": 8}}}}}}"#).as_bytes(),
+        )
+        .expect("one limit");
+        assert_eq!(cfg.ingest.limits.max_depth, 8);
+        assert_eq!(
+            cfg.ingest.limits.max_events,
+            crate::iec::Limits::default().max_events
+        );
+        let e = ServiceConfig::parse(
+            format!(r#"{{{base}, "ingest": {{"limits": {{"maxDepth": 0}}}}}}"#).as_bytes(),
+        )
+        .expect_err("zero")
+        .to_string();
+        assert!(e.contains("ingest.limits.maxDepth 0"), "{e}");
     }
 
     #[test]

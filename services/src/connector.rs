@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::client::{refused_for_good, ClientPolicy, MtlsClient};
 use crate::config::PeerConfig;
-use crate::iec::{parse_events, NormalizedEvent};
+use crate::iec::{parse_events, IngestError, Limits, NormalizedEvent};
 use crate::metrics::Metrics;
 use crate::retry::RoundBackoff;
 use crate::server::{
@@ -29,7 +30,6 @@ use crate::util::{rfc3339, TraceContext};
 pub const SERVICE: &str = "iec61968-connector";
 pub const STORE_FILE: &str = "iec61968-connector.redb";
 pub const DEAD_LETTERS: &str = "dead_letters";
-const MAX_INGEST_BYTES: usize = 16 << 20;
 /// Automatic redelivery: the first round this long after an event was dead-lettered, doubling
 /// while device-hub stays unreachable, up to the cap.
 const REDELIVERY_FIRST: Duration = Duration::from_secs(2);
@@ -95,6 +95,8 @@ struct Connector {
     client: Arc<MtlsClient>,
     hub: Option<PeerConfig>,
     metrics: Arc<Metrics>,
+    /// Bounds on one ingest body (`ingest.limits`).
+    limits: Limits,
     /// One redelivery round at a time (automatic or `POST /dead-letters/replay`), so that no
     /// event is sent twice by two rounds.
     replay_lock: tokio::sync::Mutex<()>,
@@ -252,19 +254,31 @@ async fn ingest(
     State(c): State<Arc<Connector>>,
     Extension(trace): Extension<RequestTrace>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let refuse = |e: IngestError| {
+        tracing::warn!(error = %e, "ingest refused");
+        json_error(e.status(), e.to_string())
+    };
+    // The body is read up to `maxBodyBytes` (the `DefaultBodyLimit` of the router), never more.
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(IngestError::BodyTooLarge {
+                max: c.limits.max_body_bytes,
+            })
+        }
+        Err(r) => return r.into_response(),
+    };
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let events = match parse_events(ct, &body) {
+    let events = match parse_events(ct, &body, &c.limits) {
         Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "ingest refused");
-            return json_error(StatusCode::BAD_REQUEST, e.to_string());
-        }
+        Err(e) => return refuse(e),
     };
+    drop(body);
     let (mut forwarded, mut dead) = (0usize, 0usize);
     for ev in &events {
         match c.forward(ev, &trace.0).await {
@@ -342,7 +356,7 @@ fn ingest_router(c: Arc<Connector>) -> Router {
         .route("/ingest", post(ingest))
         .route("/dead-letters", get(list_dead_letters))
         .route("/dead-letters/replay", post(replay))
-        .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
+        .layer(DefaultBodyLimit::max(c.limits.max_body_bytes))
         .with_state(c)
 }
 
@@ -365,6 +379,7 @@ pub async fn start(
         )),
         hub: ctx.config.peers.get("device-hub").cloned(),
         metrics: ctx.metrics.clone(),
+        limits: ctx.config.ingest.limits,
         replay_lock: tokio::sync::Mutex::new(()),
         dead_lettered: Notify::new(),
         shutdown: ctx.shutdown.clone(),

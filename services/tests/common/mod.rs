@@ -181,6 +181,7 @@ pub fn config(
         trust_domain: "cluster.local".into(),
         peers: map,
         hes: None,
+        ingest: Default::default(),
         jwt,
     }
 }
