@@ -30,6 +30,8 @@ use crate::util::{rfc3339, TraceContext};
 pub const SERVICE: &str = "iec61968-connector";
 pub const STORE_FILE: &str = "iec61968-connector.redb";
 pub const DEAD_LETTERS: &str = "dead_letters";
+/// Ingest documents parsed at the same time (see `Connector::parsing`).
+const PARSE_PERMITS: usize = 2;
 /// Automatic redelivery: the first round this long after an event was dead-lettered, doubling
 /// while device-hub stays unreachable, up to the cap.
 const REDELIVERY_FIRST: Duration = Duration::from_secs(2);
@@ -97,6 +99,9 @@ struct Connector {
     metrics: Arc<Metrics>,
     /// Bounds on one ingest body (`ingest.limits`).
     limits: Limits,
+    /// Documents parsed at the same time: each may take a few tens of MiB at the limits, so this
+    /// bounds the parser's share of the memory limit whatever the number of requests.
+    parsing: Arc<tokio::sync::Semaphore>,
     /// One redelivery round at a time (automatic or `POST /dead-letters/replay`), so that no
     /// event is sent twice by two rounds.
     replay_lock: tokio::sync::Mutex<()>,
@@ -273,12 +278,25 @@ async fn ingest(
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let events = match parse_events(ct, &body, &c.limits) {
-        Ok(e) => e,
-        Err(e) => return refuse(e),
+        .unwrap_or("")
+        .to_string();
+    let limits = c.limits;
+    let permit = match c.parsing.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(e) => return internal_error(e),
     };
-    drop(body);
+    // Off the async workers (a document at the limits takes a while to parse), holding the
+    // permit until the parse ends even if the client goes away meanwhile.
+    let parsed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        parse_events(&ct, &body, &limits)
+    })
+    .await;
+    let events = match parsed {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return refuse(e),
+        Err(e) => return internal_error(e),
+    };
     let (mut forwarded, mut dead) = (0usize, 0usize);
     for ev in &events {
         match c.forward(ev, &trace.0).await {
@@ -380,6 +398,7 @@ pub async fn start(
         hub: ctx.config.peers.get("device-hub").cloned(),
         metrics: ctx.metrics.clone(),
         limits: ctx.config.ingest.limits,
+        parsing: Arc::new(tokio::sync::Semaphore::new(PARSE_PERMITS)),
         replay_lock: tokio::sync::Mutex::new(()),
         dead_lettered: Notify::new(),
         shutdown: ctx.shutdown.clone(),
