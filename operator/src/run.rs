@@ -161,6 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
     let (acls, acl_writer) = reflector::store::<ServiceACL>();
+    let (hubs, hub_writer) = reflector::store::<DeviceHub>();
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
@@ -168,13 +169,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pdb_api.clone(),
         args.write_qps,
         args.write_burst,
-        Caches { policies, acls },
+        Caches {
+            policies,
+            acls,
+            hubs,
+        },
     ));
     health.ready.store(true, Ordering::Relaxed);
 
     let writers = CacheWriters {
         policies: policy_writer,
         acls: acl_writer,
+        hubs: hub_writer,
     };
     let controllers = run_controllers(
         client,
@@ -223,9 +229,9 @@ async fn run_controllers<F>(
     // Owned objects only trigger reconciles of their hub, so their metadata is enough: full
     // Secrets and Deployments are never decoded or held in memory.
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
-    let (hub_store, hub_writer) = reflector::store::<DeviceHub>();
+    let hub_store = ctx.caches.hubs.clone();
     let hub_stream =
-        cached_watch(Api::<DeviceHub>::all(client.clone()), hub_writer).applied_objects();
+        cached_watch(Api::<DeviceHub>::all(client.clone()), writers.hubs).applied_objects();
     let config = kube::runtime::controller::Config::default().concurrency(concurrency);
     let hub_controller = Controller::for_stream(hub_stream, hub_store.clone())
         .with_config(config.clone())
@@ -326,6 +332,7 @@ async fn reconcile_acl(acl: Arc<ServiceACL>, ctx: Arc<Context>) -> Result<Action
 struct CacheWriters {
     policies: reflector::store::Writer<NetworkPolicy>,
     acls: reflector::store::Writer<ServiceACL>,
+    hubs: reflector::store::Writer<DeviceHub>,
 }
 
 /// The metadata of the operator's own objects of kind `K`, as reconcile triggers for their hub.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -16,7 +18,8 @@ use super::apply::{apply, list_by_name, prune};
 use super::{certs, network, Context, Error};
 use crate::crd::condition::{find, merge_conditions, Condition, ConditionStatus};
 use crate::crd::device_hub::{DeviceHub, DeviceHubStatus, ServiceStatus};
-use crate::resources::hub::{describe, resolve_services};
+use crate::resources::hub::{describe, resolve_services, ResolvedService, SpecError};
+use crate::resources::isolation;
 use crate::resources::names::{self, hub_selector};
 use crate::resources::workload::{self, HubContext};
 
@@ -52,9 +55,9 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
     let generation = hub.meta().generation;
     let old_status = hub.status.clone().unwrap_or_default();
 
-    let services = match resolve_services(&name, &hub.spec) {
+    let services = match validate(hub, &ns, &name, ctx).await? {
         Ok(s) => s,
-        Err(errors) => {
+        Err((errors, recheck)) => {
             let message = describe(&errors);
             let already = find(&old_status.conditions, "Ready").is_some_and(|c| {
                 c.reason == "InvalidSpec"
@@ -101,8 +104,14 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
                 ],
             );
             write_status(ctx, &ns, &name, &old_status, status).await?;
-            // Nothing to retry until the spec changes: no hot loop on bad input.
-            return Ok(Action::await_change());
+            // A conflict with another hub ends when that hub changes or goes away, which does not
+            // wake this one: look again now and then. Otherwise nothing to retry until the spec
+            // changes: no hot loop on bad input.
+            return Ok(if recheck {
+                Action::requeue(ISOLATION_RECHECK)
+            } else {
+                Action::await_change()
+            });
         }
     };
     let owner = hub
@@ -278,6 +287,62 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
     }
     Ok(Action::requeue(requeue))
 }
+
+/// How often a hub refused for a collision with another hub (or a Secret it may not read) looks
+/// again.
+const ISOLATION_RECHECK: Duration = Duration::from_secs(60);
+
+/// The validation step: the spec on its own, then against the operator and the other hubs of the
+/// namespace (names, identities, Secrets; pure, from the DeviceHub cache), then the labels of the
+/// Secrets its environment reads (the only I/O). `Err((errors, recheck))`: refuse the spec, and
+/// whether the refusal depends on other objects (so it may end without a change of this hub).
+/// Nothing is applied before this passes: a hub that collides changes nothing.
+async fn validate(
+    hub: &DeviceHub,
+    ns: &str,
+    name: &str,
+    ctx: &Context,
+) -> Result<Result<Vec<ResolvedService>, (Vec<SpecError>, bool)>, Error> {
+    let services = match resolve_services(name, &hub.spec) {
+        Ok(s) => s,
+        Err(errors) => return Ok(Err((errors, false))),
+    };
+    if !crate::runtime::cache_ready::wait_ready(&ctx.caches.hubs, HUB_CACHE_WAIT).await {
+        return Err(Error::CacheNotReady("DeviceHub", HUB_CACHE_WAIT));
+    }
+    let service_names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    let mut errors = isolation::validate(ns, hub, &service_names, &ctx.caches.hubs.state());
+    let refused: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for (field, secret) in isolation::secret_key_refs(&hub.spec) {
+        if refused.contains(&field) {
+            continue;
+        }
+        let meta = secrets
+            .get_metadata_opt(&secret)
+            .await
+            .map_err(|source| Error::Get {
+                kind: "Secret".into(),
+                name: secret.clone(),
+                source,
+            })?;
+        if meta
+            .is_some_and(|m| isolation::managed_by_operator(&m.metadata.labels.unwrap_or_default()))
+        {
+            errors.push(SpecError::new(
+                field,
+                format!("Secret {secret:?} may not be read by a service: the operator manages it"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(Ok(services))
+    } else {
+        Ok(Err((errors, true)))
+    }
+}
+
+const HUB_CACHE_WAIT: Duration = Duration::from_secs(30);
 
 /// Applies every per-service object and prunes what the hub no longer declares.
 /// Returns the live Deployments (as read before applying) for status.

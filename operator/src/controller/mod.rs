@@ -119,6 +119,9 @@ pub struct Caches {
     /// Every NetworkPolicy of the cluster: the ACL verification needs all policies in force.
     pub policies: kube::runtime::reflector::Store<k8s_openapi::api::networking::v1::NetworkPolicy>,
     pub acls: kube::runtime::reflector::Store<crate::crd::ServiceACL>,
+    /// Every DeviceHub (the DeviceHub controller's own cache): a hub's names and identities are
+    /// checked against the other hubs of its namespace.
+    pub hubs: kube::runtime::reflector::Store<crate::crd::DeviceHub>,
 }
 
 impl Context {

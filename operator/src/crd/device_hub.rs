@@ -74,7 +74,15 @@ pub struct DeviceHubSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
-    /// Service name: a DNS label, unique in the hub. Objects are named `<hub>-<name>`.
+    /// Service name: a DNS label, unique in the hub. Objects are named `<hub>-<name>`. Refused:
+    /// names that make `<hub>-<name>` the operator's ServiceAccount `mpm-operator` (hub `mpm`,
+    /// service `operator`), `operator-client` (its certificate Secret would be the operator's), and
+    /// any name whose objects another hub of the namespace already owns (hub `a` with service
+    /// `b-device-hub` against hub `a-b`).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Whether the service runs. `false` removes a built-in service from the hub.
@@ -82,6 +90,7 @@ pub struct ServiceSpec {
     pub enabled: bool,
 
     /// Container image (fully qualified, for example `registry.example/mpm/device-hub:1.2.3`).
+    /// The pod runs with this service's identity and certificate, whatever the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 
@@ -104,15 +113,22 @@ pub struct ServiceSpec {
     #[schemars(range(min = 1024, max = 65535))]
     pub port: u16,
 
-    /// Extra environment variables for the container.
+    /// Extra environment variables for the container (at most 100, unique names). Names `MPM_*`
+    /// are the operator's. `valueFrom.secretKeyRef` may not name a Secret the operator manages
+    /// (`<hub>-...-tls`, `<hub>-ca`, `<hub>-ca-next` of any hub in the namespace, a hub's
+    /// `certificates.ca.secretRef`, Secrets labelled as the operator's). An entry named like a
+    /// default (`RUST_LOG`) replaces it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     pub env: Vec<EnvVar>,
 
-    /// Extra labels on the service's objects and pods (the operator's own labels win).
+    /// Extra labels on the service's objects and pods. Keys under `meterpark.io/` and
+    /// `app.kubernetes.io/` are the operator's and refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 
-    /// Extra annotations on the service's objects and pods.
+    /// Extra annotations on the service's objects and pods. Keys under `meterpark.io/` and
+    /// `app.kubernetes.io/` and AppArmor/seccomp annotations are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 

@@ -251,14 +251,26 @@ pub fn resolve_services(
                 format!("{} is not allowed: use an unprivileged port other than 8080 (health) and 8090 (ingest)", svc.port),
             ));
         }
-        for (k, _) in svc.labels.iter() {
-            if k.starts_with("meterpark.io/") || k.starts_with("app.kubernetes.io/") {
+        // Labels could make a pod match another service's selector (or hide whose it is).
+        for k in svc.labels.keys() {
+            if reserved_key(k) {
                 errors.push(SpecError::new(
                     field("labels"),
-                    format!("label {k:?} is reserved for the operator"),
+                    format!("label {k:?} is reserved for the operator (keys under meterpark.io/ and app.kubernetes.io/)"),
                 ));
             }
         }
+        // Annotations: the operator's own (desired-hash, ca-rotation) and the ones that would
+        // take the pod out of its AppArmor or seccomp sandbox.
+        for k in svc.annotations.keys() {
+            if reserved_key(k) || sandbox_annotation(k) {
+                errors.push(SpecError::new(
+                    field("annotations"),
+                    format!("annotation {k:?} is not allowed (keys under meterpark.io/ and app.kubernetes.io/ are the operator's; AppArmor and seccomp annotations would change the pod's sandbox)"),
+                ));
+            }
+        }
+        errors.extend(validate_env(&svc.env, &field("env")));
         let command = if svc.command.is_empty() && kind != ServiceKind::Custom {
             // contract: Image.
             vec![format!("/usr/local/bin/{name}")]
@@ -290,6 +302,66 @@ pub fn resolve_services(
     } else {
         Err(errors)
     }
+}
+
+/// Most environment variables one service may declare.
+pub const MAX_ENV: usize = 100;
+
+/// Label and annotation keys the operator owns.
+fn reserved_key(key: &str) -> bool {
+    key.starts_with("meterpark.io/") || key.starts_with("app.kubernetes.io/")
+}
+
+/// Annotations that select a pod's AppArmor or seccomp profile.
+fn sandbox_annotation(key: &str) -> bool {
+    key.starts_with("container.apparmor.security.beta.kubernetes.io/")
+        || key.starts_with("seccomp.security.alpha.kubernetes.io/")
+        || key.starts_with("container.seccomp.security.alpha.kubernetes.io/")
+}
+
+/// A service's extra environment: valid, unique names, none of the operator's `MPM_*` variables
+/// (a later duplicate would override the operator's value, e.g. `MPM_HTTPS_ADDR`). Which Secrets
+/// `valueFrom.secretKeyRef` may read needs the other hubs: see `isolation::secret_refs`.
+fn validate_env(env: &[EnvVar], base: &str) -> Vec<SpecError> {
+    static NAME: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$").expect("static regex"));
+    let mut errors = Vec::new();
+    if env.len() > MAX_ENV {
+        errors.push(SpecError::new(
+            base,
+            format!("at most {MAX_ENV} variables, got {}", env.len()),
+        ));
+        return errors;
+    }
+    let mut seen = BTreeSet::new();
+    for (j, var) in env.iter().enumerate() {
+        let field = |f: &str| format!("{base}[{j}].{f}");
+        let name = var.name.as_str();
+        if name.len() > 253 || !NAME.is_match(name) {
+            errors.push(SpecError::new(
+                field("name"),
+                format!(
+                    "{:?} is not a valid environment variable name",
+                    truncate(name)
+                ),
+            ));
+        } else if name.to_ascii_uppercase().starts_with("MPM_") {
+            errors.push(SpecError::new(
+                field("name"),
+                format!("{name:?} is reserved: the operator sets the MPM_* variables"),
+            ));
+        } else if !seen.insert(name) {
+            errors.push(SpecError::new(
+                field("name"),
+                format!("duplicate environment variable {name:?}"),
+            ));
+        }
+    }
+    errors
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 fn default_resources() -> ResourceRequirements {
@@ -498,6 +570,64 @@ mod tests {
         ] {
             assert!(!valid_image(bad), "{bad}");
         }
+    }
+
+    /// Issue 16, attack 5: pass-through fields that would override the operator's environment,
+    /// match another service's selector or weaken the pod's sandbox.
+    #[test]
+    fn pass_through_fields_cannot_break_isolation() {
+        let env = |name: &str| EnvVar {
+            name: name.into(),
+            value: Some("x".into()),
+            ..EnvVar::default()
+        };
+        let mut bff = svc("bff");
+        bff.image = Some("registry.example/bff:1".into());
+        bff.env = vec![
+            env("MPM_HTTPS_ADDR"),
+            env("mpm_service"),
+            env("OK"),
+            env("OK"),
+            env("1BAD"),
+        ];
+        bff.annotations = BTreeMap::from([
+            ("meterpark.io/desired-hash".to_string(), "x".to_string()),
+            ("app.kubernetes.io/name".to_string(), "x".to_string()),
+            (
+                "container.apparmor.security.beta.kubernetes.io/bff".to_string(),
+                "unconfined".to_string(),
+            ),
+            (
+                "seccomp.security.alpha.kubernetes.io/pod".to_string(),
+                "unconfined".to_string(),
+            ),
+            ("example.com/team".to_string(), "grid".to_string()),
+        ]);
+        bff.labels =
+            BTreeMap::from([("meterpark.io/service".to_string(), "device-hub".to_string())]);
+        let errors = resolve_services("demo", &spec(vec![bff])).unwrap_err();
+        let text = describe(&errors);
+        for expected in [
+            "spec.services[0].env[0].name: \"MPM_HTTPS_ADDR\"",
+            "spec.services[0].env[1].name: \"mpm_service\"",
+            "spec.services[0].env[3].name: duplicate",
+            "spec.services[0].env[4].name: \"1BAD\"",
+            "spec.services[0].annotations: annotation \"meterpark.io/desired-hash\"",
+            "spec.services[0].annotations: annotation \"app.kubernetes.io/name\"",
+            "spec.services[0].annotations: annotation \"container.apparmor.security.beta.kubernetes.io/bff\"",
+            "spec.services[0].annotations: annotation \"seccomp.security.alpha.kubernetes.io/pod\"",
+            "spec.services[0].labels: label \"meterpark.io/service\"",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in {text}");
+        }
+        assert_eq!(errors.len(), 9, "{text}");
+
+        // What stays allowed: ordinary env names (RUST_LOG included), foreign annotation keys.
+        let mut ok = svc("device-hub");
+        ok.env = vec![env("RUST_LOG"), env("HTTP_PROXY"), env("my.var-1")];
+        ok.annotations = BTreeMap::from([("example.com/team".to_string(), "grid".to_string())]);
+        ok.labels = BTreeMap::from([("team".to_string(), "grid".to_string())]);
+        assert!(resolve_services("demo", &spec(vec![ok])).is_ok());
     }
 
     #[test]

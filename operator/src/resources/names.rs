@@ -55,6 +55,83 @@ pub fn data_claim(hub: &str, svc: &str) -> String {
     format!("{hub}-{svc}-data")
 }
 
+/// `<hub>-<svc>-default-deny` and `<hub>-<svc>-acl`: the service's NetworkPolicies.
+pub fn default_deny_policy(hub: &str, svc: &str) -> String {
+    format!("{hub}-{svc}-default-deny")
+}
+pub fn acl_policy(hub: &str, svc: &str) -> String {
+    format!("{hub}-{svc}-acl")
+}
+
+/// Kinds of the objects (and the identity) a hub owns, for collision checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OwnedKind {
+    ServiceAccount,
+    Deployment,
+    Service,
+    PodDisruptionBudget,
+    Secret,
+    ConfigMap,
+    PersistentVolumeClaim,
+    NetworkPolicy,
+    /// A SPIFFE ID in a leaf certificate (not a Kubernetes object).
+    SpiffeId,
+}
+
+impl std::fmt::Display for OwnedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ServiceAccount => "ServiceAccount",
+            Self::Deployment => "Deployment",
+            Self::Service => "Service",
+            Self::PodDisruptionBudget => "PodDisruptionBudget",
+            Self::Secret => "Secret",
+            Self::ConfigMap => "ConfigMap",
+            Self::PersistentVolumeClaim => "PersistentVolumeClaim",
+            Self::NetworkPolicy => "NetworkPolicy",
+            Self::SpiffeId => "SPIFFE ID",
+        })
+    }
+}
+
+/// Every object (and the identity) one service of a hub owns, whether or not it exists yet
+/// (a PodDisruptionBudget or data claim reserves its name even while the service does not need it).
+/// contract: Names.
+pub fn service_objects(
+    hub: &str,
+    svc: &str,
+    trust_domain: &str,
+    namespace: &str,
+) -> Vec<(OwnedKind, String)> {
+    let name = object_name(hub, svc);
+    vec![
+        (OwnedKind::ServiceAccount, name.clone()),
+        (OwnedKind::Deployment, name.clone()),
+        (OwnedKind::Service, name.clone()),
+        (OwnedKind::PodDisruptionBudget, name.clone()),
+        (OwnedKind::Secret, tls_secret(hub, svc)),
+        (OwnedKind::ConfigMap, acl_config_map(hub, svc)),
+        (OwnedKind::ConfigMap, config_map(hub, svc)),
+        (OwnedKind::PersistentVolumeClaim, data_claim(hub, svc)),
+        (OwnedKind::NetworkPolicy, default_deny_policy(hub, svc)),
+        (OwnedKind::NetworkPolicy, acl_policy(hub, svc)),
+        (
+            OwnedKind::SpiffeId,
+            spiffe_id(trust_domain, namespace, &name),
+        ),
+    ]
+}
+
+/// Objects that belong to the hub rather than one service. contract: Names.
+pub fn hub_objects(hub: &str) -> Vec<(OwnedKind, String)> {
+    vec![
+        (OwnedKind::Secret, operator_client_secret(hub)),
+        (OwnedKind::Secret, ca_secret(hub)),
+        (OwnedKind::Secret, next_ca_secret(hub)),
+        (OwnedKind::ConfigMap, trust_bundle(hub)),
+    ]
+}
+
 /// `spiffe://<td>/ns/<ns>/sa/<sa>`.
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")

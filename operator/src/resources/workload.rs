@@ -85,6 +85,10 @@ fn tcp_port(name: &str, port: u16) -> ContainerPort {
     }
 }
 
+/// Startup probe: every 5 s, for at most 5 minutes.
+const STARTUP_PERIOD: i32 = 5;
+const STARTUP_FAILURES: i32 = 60;
+
 fn probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -204,6 +208,9 @@ pub fn deployment(hub: &HubContext, svc: &ResolvedService) -> Deployment {
             ..EnvVar::default()
         },
     ];
+    // The user's entries come last; one for a default (RUST_LOG) replaces it, since a name may
+    // appear only once (`MPM_*` names are refused by validation).
+    env.retain(|e| !svc.env.iter().any(|u| u.name == e.name));
     env.extend(svc.env.iter().cloned());
     let mut pod_labels = svc.labels.clone();
     pod_labels.extend(service_labels(hub.name, &svc.name));
@@ -215,6 +222,9 @@ pub fn deployment(hub: &HubContext, svc: &ResolvedService) -> Deployment {
         ports: Some(ports),
         env: Some(env),
         resources: Some(svc.resources.clone()),
+        // A store repairing itself after a crash may take minutes to answer: liveness starts
+        // only once the startup probe succeeded (up to 5 minutes).
+        startup_probe: Some(probe("/healthz", STARTUP_PERIOD, STARTUP_FAILURES)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 3, 2)),
         volume_mounts: Some(mounts),
@@ -569,5 +579,67 @@ mod tests {
         let pdb = pod_disruption_budget(&hub, &services[1], "policy/v1beta1").unwrap();
         assert_eq!(pdb.types.unwrap().api_version, "policy/v1beta1");
         assert_eq!(pdb.data["spec"]["minAvailable"], 1);
+    }
+
+    /// Issue 16, item 10: a store repairing itself after a crash must not be killed by the
+    /// liveness probe; the startup probe holds liveness off for up to 5 minutes.
+    #[test]
+    fn a_slow_start_is_covered_by_the_startup_probe() {
+        let spec = DeviceHubSpec {
+            include_default_services: true,
+            trust_domain: "cluster.local".into(),
+            ..DeviceHubSpec::default()
+        };
+        let services = resolve_services("demo", &spec).unwrap();
+        let hub = demo_hub(&spec, &services);
+        for svc in &services {
+            let d = deployment(&hub, svc);
+            let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+            let startup = c.startup_probe.as_ref().expect("startupProbe");
+            let get = startup.http_get.as_ref().unwrap();
+            assert_eq!(get.port, IntOrString::String("health".into()));
+            assert_eq!(get.path.as_deref(), Some("/healthz"));
+            let budget = startup.period_seconds.unwrap() * startup.failure_threshold.unwrap();
+            assert!(budget >= 300, "startup budget {budget}s");
+            let liveness = c.liveness_probe.as_ref().unwrap();
+            let liveness_budget =
+                liveness.period_seconds.unwrap() * liveness.failure_threshold.unwrap();
+            assert!(budget > liveness_budget);
+        }
+    }
+
+    /// A user's RUST_LOG replaces the default instead of duplicating the list-map key `name`
+    /// (server-side apply refuses duplicates).
+    #[test]
+    fn env_names_are_unique_in_the_container() {
+        let mut hub_svc = crate::crd::device_hub::ServiceSpec {
+            name: "device-hub".into(),
+            enabled: true,
+            replicas: 1,
+            port: 8443,
+            ..Default::default()
+        };
+        hub_svc.env = vec![EnvVar {
+            name: "RUST_LOG".into(),
+            value: Some("debug".into()),
+            ..EnvVar::default()
+        }];
+        let spec = DeviceHubSpec {
+            include_default_services: true,
+            trust_domain: "cluster.local".into(),
+            services: vec![hub_svc],
+            ..DeviceHubSpec::default()
+        };
+        let services = resolve_services("demo", &spec).unwrap();
+        let hub = demo_hub(&spec, &services);
+        let d = deployment(&hub, &services[1]);
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let rust_log: Vec<_> = env.iter().filter(|e| e.name == "RUST_LOG").collect();
+        assert_eq!(rust_log.len(), 1, "{env:?}");
+        assert_eq!(rust_log[0].value.as_deref(), Some("debug"));
+        assert!(env.iter().any(|e| e.name == "MPM_SERVICE"));
     }
 }
