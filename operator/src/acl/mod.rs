@@ -8,11 +8,12 @@
 
 mod compile;
 mod error;
+pub mod l7;
 mod peers;
 mod policies;
 mod topology;
 
-pub use compile::{compile, CompiledAcl, CompiledService, DenyInvariant, Edge};
+pub use compile::{compile, CompiledAcl, CompiledService, DenyInvariant, Edge, RuleGrant};
 pub use error::AclError;
 pub use peers::{AllowedPeer, AllowedPeers};
 pub use topology::{
