@@ -337,6 +337,9 @@ pub enum ViolationKind {
     DenyReachable,
     /// Traffic that an allow rule permits is blocked by a NetworkPolicy.
     AllowBlocked,
+    /// An allowed-peers.json entry grants a caller a (method, path) that no single allow rule
+    /// grants.
+    PeerGrantTooWide,
 }
 
 /// A difference between the ACL and the effective reachability.
