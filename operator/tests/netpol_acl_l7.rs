@@ -182,3 +182,66 @@ fn malformed_http_restrictions_are_refused_naming_rule_and_field() {
         );
     }
 }
+
+use proptest::prelude::*;
+
+const METHODS: [&str; 4] = ["GET", "PUT", "DELETE", "POST"];
+const PREFIXES: [&str; 6] = [
+    "/v1/",
+    "/v1/meters",
+    "/v1/meters/",
+    "/v1/meters/SN-1",
+    "/v1/admin/",
+    "/",
+];
+const PATHS: [&str; 8] = [
+    "/v1/meters",
+    "/v1/meters/",
+    "/v1/meters/SN-1",
+    "/v1/meters/SN-10",
+    "/v1/meters/SN-1/x",
+    "/v1/admin/x",
+    "/v2/x",
+    "/v1/metersX",
+];
+
+type RandomRule = (Option<Vec<usize>>, Option<Vec<usize>>);
+
+fn rule() -> impl Strategy<Value = RandomRule> {
+    (
+        proptest::option::of(proptest::collection::vec(0..METHODS.len(), 1..3)),
+        proptest::option::of(proptest::collection::vec(0..PREFIXES.len(), 1..3)),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// For random rules of one caller, a (method, path) is allowed by the compiled allowed-peers
+    /// list exactly when one single rule allows it: the compiled list never grants more.
+    #[test]
+    fn compiled_list_allows_exactly_what_one_rule_allows(rules in proptest::collection::vec(rule(), 1..4)) {
+        let allow: Vec<serde_json::Value> = rules.iter().map(|(m, p)| {
+            let mut http = serde_json::Map::new();
+            if let Some(m) = m { http.insert("methods".into(), m.iter().map(|i| METHODS[*i]).collect()); }
+            if let Some(p) = p { http.insert("pathPrefixes".into(), p.iter().map(|i| PREFIXES[*i]).collect()); }
+            serde_json::json!({"from": "iec61968-connector", "to": "smoc-service", "http": http})
+        }).collect();
+        let acl = spec(&serde_json::json!({"hubRef": {"name": "demo"}, "allow": allow}).to_string());
+        let compiled = compile(&topology(), &[acl]).expect("valid");
+        let doc: serde_json::Value =
+            serde_json::from_str(&compiled.services["smoc-service"].allowed_peers_json()).expect("json");
+        for method in METHODS {
+            for path in PATHS {
+                let by_rule = rules.iter().any(|(m, p)| {
+                    m.as_ref().is_none_or(|m| m.iter().any(|i| METHODS[*i] == method))
+                        && p.as_ref().is_none_or(|p| p.iter().any(|i| {
+                            let pre = PREFIXES[*i];
+                            path.strip_prefix(pre).is_some_and(|r| r.is_empty() || pre.ends_with('/') || r.starts_with('/'))
+                        }))
+                });
+                prop_assert_eq!(peer_allows(&doc, CONNECTOR, method, path), by_rule, "{} {}", method, path);
+            }
+        }
+    }
+}
