@@ -309,7 +309,7 @@ fn allowed_peers_json_is_sorted_and_deterministic() {
 }
 
 #[test]
-fn merged_rules_union_ports_and_l7() {
+fn merged_rules_union_ports_but_keep_l7_per_rule() {
     let a = spec("hubRef: {name: demo}\nallow: [{from: device-hub, to: iec61968-connector, ports: [8443], http: {methods: [GET]}}]");
     let b = spec("hubRef: {name: demo}\nallow: [{from: device-hub, to: iec61968-connector, ports: [8090], http: {methods: [PUT]}}]");
     let compiled = compile(&topology(), &[a, b]).expect("valid");
@@ -319,11 +319,12 @@ fn merged_rules_union_ports_and_l7() {
         [8090, 8443]
     );
     let peers = &compiled.services["iec61968-connector"].allowed_peers.peers;
+    let methods: Vec<_> = peers.iter().map(|p| p.methods.clone()).collect();
     assert_eq!(
-        peers[0].methods.as_deref(),
-        Some(&["GET".to_string(), "PUT".to_string()][..])
+        methods,
+        [Some(vec!["GET".to_string()]), Some(vec!["PUT".to_string()])]
     );
-    assert_eq!(peers[0].path_prefixes, None);
+    assert!(peers.iter().all(|p| p.path_prefixes.is_none()));
 }
 
 fn pod(ns: &str, name: &str, labels: &[(&str, &str)], ports: &[u16]) -> PodInfo {

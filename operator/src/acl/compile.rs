@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+use super::l7::{self, Grant};
 use super::peers::{AllowedPeer, AllowedPeers};
 use super::policies;
 use super::{AclError, HubTopology};
@@ -13,7 +14,18 @@ use crate::netpol::{Cidr, Selector};
 /// Longest Kubernetes object name the operator generates (contract: Names).
 const MAX_NAME: usize = 63;
 
-/// One allowed service-to-service edge after merging every rule with the same `from`/`to`.
+/// The L7 grant of one allow rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleGrant {
+    /// Label of the rule.
+    pub rule: String,
+    /// What the rule allows at the HTTP level (unrestricted when the rule has no `http`).
+    pub grant: Grant,
+}
+
+/// One allowed service-to-service edge after merging every rule with the same `from`/`to`: the
+/// network level (ports) is the union of the rules, the HTTP level stays one grant per rule
+/// (merging methods of one rule with prefixes of another would widen both).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge {
     /// Labels of the rules that allow this edge.
@@ -24,10 +36,8 @@ pub struct Edge {
     pub to: String,
     /// TCP ports (union of the rules' ports).
     pub ports: BTreeSet<u16>,
-    /// Merged L7 restriction; `None` in a dimension means unrestricted.
-    pub methods: Option<BTreeSet<String>>,
-    /// Merged path prefixes; `None` means any path.
-    pub path_prefixes: Option<BTreeSet<String>>,
+    /// One HTTP grant per rule, in rule order; a request is allowed when one grant allows it.
+    pub http: Vec<RuleGrant>,
 }
 
 impl Edge {
@@ -143,16 +153,25 @@ pub fn compile(topology: &HubTopology, acls: &[ServiceAclSpec]) -> Result<Compil
 }
 
 fn allowed_peers(topology: &HubTopology, service: &str, edges: &[Edge]) -> AllowedPeers {
+    // One entry per rule: entries are OR-ed by the services, never combined.
     let mut peers: Vec<AllowedPeer> = edges
         .iter()
         .filter(|e| e.to == service)
-        .map(|e| AllowedPeer {
-            spiffe_id: topology.service_spiffe_id(&e.from),
-            methods: e.methods.as_ref().map(|m| m.iter().cloned().collect()),
-            path_prefixes: e
-                .path_prefixes
-                .as_ref()
-                .map(|m| m.iter().cloned().collect()),
+        .flat_map(|e| {
+            let spiffe_id = topology.service_spiffe_id(&e.from);
+            e.http.iter().map(move |g| AllowedPeer {
+                spiffe_id: spiffe_id.clone(),
+                methods: g
+                    .grant
+                    .methods
+                    .as_ref()
+                    .map(|m| m.iter().cloned().collect()),
+                path_prefixes: g
+                    .grant
+                    .path_prefixes
+                    .as_ref()
+                    .map(|p| p.iter().cloned().collect()),
+            })
         })
         .collect();
     if service == super::DEVICE_HUB_SERVICE {
@@ -163,7 +182,7 @@ fn allowed_peers(topology: &HubTopology, service: &str, edges: &[Edge]) -> Allow
         });
     }
     peers.sort();
-    peers.dedup_by(|a, b| a.spiffe_id == b.spiffe_id);
+    peers.dedup();
     AllowedPeers {
         version: 1,
         service: service.to_string(),
@@ -285,26 +304,22 @@ pub(super) fn merge(topology: &HubTopology, acls: &[ServiceAclSpec]) -> Result<M
                     exposed: exposed_list(target),
                 });
             }
-            let (methods, prefixes) = l7(a.http.as_ref());
-            match edges.entry((a.from.clone(), a.to.clone())) {
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(Edge {
-                        rules: vec![rule],
-                        from: a.from.clone(),
-                        to: a.to.clone(),
-                        ports,
-                        methods,
-                        path_prefixes: prefixes,
-                    });
-                }
-                std::collections::btree_map::Entry::Occupied(mut o) => {
-                    let e = o.get_mut();
-                    e.rules.push(rule);
-                    e.ports.extend(ports);
-                    e.methods = union(e.methods.take(), methods);
-                    e.path_prefixes = union(e.path_prefixes.take(), prefixes);
-                }
-            }
+            let grant = RuleGrant {
+                grant: http_grant(&rule, a.http.as_ref())?,
+                rule: rule.clone(),
+            };
+            let e = edges
+                .entry((a.from.clone(), a.to.clone()))
+                .or_insert_with(|| Edge {
+                    rules: Vec::new(),
+                    from: a.from.clone(),
+                    to: a.to.clone(),
+                    ports: BTreeSet::new(),
+                    http: Vec::new(),
+                });
+            e.rules.push(rule);
+            e.ports.extend(ports);
+            e.http.push(grant);
         }
         for (i, r) in acl.ingress.iter().enumerate() {
             let rule = lab.label(k, "ingress", i, r.name.as_ref());
@@ -350,29 +365,57 @@ pub(super) fn merge(topology: &HubTopology, acls: &[ServiceAclSpec]) -> Result<M
     Ok(merged)
 }
 
-/// Splits an HTTP restriction into method and prefix sets; empty lists mean unrestricted.
-fn l7(http: Option<&HttpRestriction>) -> (Option<BTreeSet<String>>, Option<BTreeSet<String>>) {
-    let set = |v: Option<&Vec<String>>| {
-        v.filter(|v| !v.is_empty())
-            .map(|v| v.iter().cloned().collect())
+/// Validates a rule's HTTP restriction into a grant. Absent lists mean any; present lists must be
+/// non-empty and hold only valid methods and prefixes (contract: allowed-peers.json).
+pub(super) fn http_grant(rule: &str, http: Option<&HttpRestriction>) -> Result<Grant, AclError> {
+    let Some(h) = http else {
+        return Ok(Grant::unrestricted());
     };
-    match http {
-        None => (None, None),
-        Some(h) => (set(h.methods.as_ref()), set(h.path_prefixes.as_ref())),
-    }
-}
-
-/// Union of two restrictions: unrestricted wins. Merging two rules for the same pair may widen
-/// what each allowed alone (methods of one rule with prefixes of the other): the allowed-peers
-/// format has one entry per caller.
-fn union(a: Option<BTreeSet<String>>, b: Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
-    match (a, b) {
-        (Some(mut a), Some(b)) => {
-            a.extend(b);
-            Some(a)
+    let invalid = |field: &str, detail: String| AclError::InvalidHttp {
+        rule: rule.to_string(),
+        field: field.to_string(),
+        detail,
+    };
+    let methods = match &h.methods {
+        None => None,
+        Some(ms) if ms.is_empty() => {
+            return Err(invalid(
+                "methods",
+                "must not be empty (omit it to allow any method)".into(),
+            ))
         }
-        _ => None,
-    }
+        Some(ms) => {
+            for (i, m) in ms.iter().enumerate() {
+                l7::validate_method(m).map_err(|d| invalid(&format!("methods[{i}]"), d))?;
+            }
+            Some(ms.iter().cloned().collect::<BTreeSet<_>>())
+        }
+    };
+    let path_prefixes = match &h.path_prefixes {
+        None => None,
+        Some(ps) if ps.is_empty() => {
+            return Err(invalid(
+                "pathPrefixes",
+                "must not be empty (omit it to allow any path)".into(),
+            ))
+        }
+        Some(ps) if ps.len() > l7::MAX_PREFIXES => {
+            return Err(invalid(
+                "pathPrefixes",
+                format!("{} prefixes, more than {}", ps.len(), l7::MAX_PREFIXES),
+            ))
+        }
+        Some(ps) => {
+            for (i, p) in ps.iter().enumerate() {
+                l7::validate_prefix(p).map_err(|d| invalid(&format!("pathPrefixes[{i}]"), d))?;
+            }
+            Some(ps.iter().cloned().collect::<BTreeSet<_>>())
+        }
+    };
+    Ok(Grant {
+        methods,
+        path_prefixes,
+    })
 }
 
 fn check_ports(rule: &str, ports: &[AclPort]) -> Result<(), AclError> {

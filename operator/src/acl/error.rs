@@ -70,6 +70,16 @@ pub enum AclError {
         /// What is wrong.
         detail: String,
     },
+    /// An `http.methods` or `http.pathPrefixes` that is empty or holds a malformed entry.
+    #[error("rule {rule}: http.{field}: {detail}")]
+    InvalidHttp {
+        /// The offending rule.
+        rule: String,
+        /// The field (`methods`, `pathPrefixes[2]`, ...).
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// An `ipBlock.cidr` or `except` entry that is not a CIDR.
     #[error("rule {rule}: invalid CIDR {cidr:?}")]
     InvalidCidr {

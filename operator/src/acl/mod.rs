@@ -8,11 +8,13 @@
 
 mod compile;
 mod error;
+pub mod l7;
 mod peers;
 mod policies;
 mod topology;
+mod verify_l7;
 
-pub use compile::{compile, CompiledAcl, CompiledService, DenyInvariant, Edge};
+pub use compile::{compile, CompiledAcl, CompiledService, DenyInvariant, Edge, RuleGrant};
 pub use error::AclError;
 pub use peers::{AllowedPeer, AllowedPeers};
 pub use topology::{
@@ -20,3 +22,4 @@ pub use topology::{
     ServicePorts, DEVICE_HUB_SERVICE, HEALTH_PORT, HTTPS_PORT, INGEST_PORT,
     OPERATOR_SERVICE_ACCOUNT,
 };
+pub use verify_l7::verify_l7;

@@ -213,11 +213,10 @@ pub fn hub_topology(hub: &DeviceHub, namespace: &str) -> anyhow::Result<HubTopol
 /// The ACL's verdict on one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AclVerdict {
-    /// Allowed by these rules on this port, with the merged L7 restriction (`None`: any).
+    /// Allowed by these rules on this port, with one L7 grant per rule (any of them applies).
     Allowed {
         rules: String,
-        methods: Option<Vec<String>>,
-        path_prefixes: Option<Vec<String>>,
+        grants: Vec<acl::l7::Grant>,
     },
     /// The edge exists but not on this port.
     PortNotAllowed { rules: String, ports: Vec<u16> },
@@ -289,11 +288,7 @@ pub fn explain_call(
                 },
                 (Some(e), None) if e.ports.contains(&port) => AclVerdict::Allowed {
                     rules: e.rule_label(),
-                    methods: e.methods.as_ref().map(|m| m.iter().cloned().collect()),
-                    path_prefixes: e
-                        .path_prefixes
-                        .as_ref()
-                        .map(|p| p.iter().cloned().collect()),
+                    grants: e.http.iter().map(|g| g.grant.clone()).collect(),
                 },
                 (Some(e), None) => AclVerdict::PortNotAllowed {
                     rules: e.rule_label(),
@@ -375,23 +370,21 @@ pub fn render_explanation(e: &Explanation, acl_names: &[String]) -> String {
         format!("ServiceACL {}", acl_names.join(", "))
     };
     let acl_line = match &e.acl {
-        AclVerdict::Allowed {
-            rules,
-            methods,
-            path_prefixes,
-        } => {
-            let l7 = match (methods, path_prefixes) {
-                (None, None) => "any method, any path".to_string(),
-                (m, p) => format!(
-                    "methods {}, paths {}",
-                    m.as_ref()
-                        .map(|m| m.join(","))
-                        .unwrap_or_else(|| "any".into()),
-                    p.as_ref()
-                        .map(|p| p.join(","))
-                        .unwrap_or_else(|| "any".into())
-                ),
+        AclVerdict::Allowed { rules, grants } => {
+            let join = |v: &Option<std::collections::BTreeSet<String>>| {
+                v.as_ref().map_or_else(
+                    || "any".to_string(),
+                    |v| v.iter().cloned().collect::<Vec<_>>().join(","),
+                )
             };
+            let l7 = grants
+                .iter()
+                .map(|g| match (&g.methods, &g.path_prefixes) {
+                    (None, None) => "any method, any path".to_string(),
+                    (m, p) => format!("methods {}, paths {}", join(m), join(p)),
+                })
+                .collect::<Vec<_>>()
+                .join(" | ");
             format!("allowed by rule {rules} ({l7})")
         }
         AclVerdict::PortNotAllowed { rules, ports } => format!(

@@ -106,16 +106,50 @@ pub struct AllowRule {
     pub http: Option<HttpRestriction>,
 }
 
-/// HTTP-level (L7) restrictions of an allowed edge.
+/// HTTP-level (L7) restrictions of an allowed edge: any of `methods` on any path under any of
+/// `pathPrefixes`. Several rules for the same caller and callee stay separate: each rule is one
+/// grant, a request needs one rule allowing both its method and its path.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRestriction {
-    /// Allowed HTTP methods (for example `GET`, `PUT`). Absent or empty: any method.
+    /// Allowed HTTP methods (`GET`, `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE`, `OPTIONS`).
+    /// Absent: any method; an empty list is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "methods_schema")]
     pub methods: Option<Vec<String>>,
-    /// Allowed request path prefixes (for example `/v1/`). Absent or empty: any path.
+    /// Allowed request path prefixes, matched by whole path segments: `/v1/meters/SN-1` allows
+    /// `/v1/meters/SN-1` and `/v1/meters/SN-1/...`, not `/v1/meters/SN-10`; a prefix ending in `/`
+    /// allows everything below it. Each starts with `/`, has at most 256 printable ASCII
+    /// characters without space, `%`, `?`, `#`, and no empty, `.` or `..` segment. Absent: any
+    /// path; an empty list is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "path_prefixes_schema")]
     pub path_prefixes: Option<Vec<String>>,
+}
+
+fn methods_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "nullable": true,
+        "minItems": 1,
+        "maxItems": crate::acl::l7::METHODS.len(),
+        "items": {"type": "string", "enum": crate::acl::l7::METHODS},
+    })
+}
+
+fn path_prefixes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "nullable": true,
+        "minItems": 1,
+        "maxItems": crate::acl::l7::MAX_PREFIXES,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": crate::acl::l7::MAX_PREFIX_LEN,
+            "pattern": crate::acl::l7::PREFIX_PATTERN,
+        },
+    })
 }
 
 /// A deny invariant: `from` must never reach `to`, on any port.
@@ -303,6 +337,9 @@ pub enum ViolationKind {
     DenyReachable,
     /// Traffic that an allow rule permits is blocked by a NetworkPolicy.
     AllowBlocked,
+    /// An allowed-peers.json entry grants a caller a (method, path) that no single allow rule
+    /// grants.
+    PeerGrantTooWide,
 }
 
 /// A difference between the ACL and the effective reachability.
@@ -391,6 +428,28 @@ mod tests {
         if let Some(items) = v.get("items") {
             check_descriptions(items, path, missing);
         }
+    }
+
+    /// Empty lists, empty or malformed prefixes and unknown methods are refused by the API server
+    /// already (the operator refuses them too: `AclError::InvalidHttp`).
+    #[test]
+    fn http_restriction_schema_refuses_empty_and_malformed_entries() {
+        let crd = ServiceACL::crd();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap_or_default();
+        let http = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["allow"]["items"]
+            ["properties"]["http"]["properties"];
+        assert_eq!(http["methods"]["minItems"], 1);
+        assert_eq!(
+            http["methods"]["items"]["enum"],
+            serde_json::json!(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        );
+        assert!(http["methods"]["description"].is_string());
+        let prefix = &http["pathPrefixes"];
+        assert_eq!(prefix["minItems"], 1);
+        assert_eq!(prefix["items"]["minLength"], 1);
+        assert_eq!(prefix["items"]["maxLength"], 256);
+        assert_eq!(prefix["items"]["pattern"], crate::acl::l7::PREFIX_PATTERN);
+        assert!(prefix["description"].is_string());
     }
 
     #[test]

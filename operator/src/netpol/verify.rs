@@ -56,7 +56,9 @@ impl Verification {
 /// - every deny invariant on every exposed port (health included): reachable → `DenyReachable`,
 ///   naming a policy that allows it;
 /// - every other pair and port (health excluded, it is governed by `metricsScrape`) against the
-///   default action: reachable → `DenyReachable` with rule `defaultAction`.
+///   default action: reachable → `DenyReachable` with rule `defaultAction`;
+/// - every entry of every service's compiled allowed-peers list against the allow rules
+///   ([`acl::verify_l7`]): an entry no single rule covers → `PeerGrantTooWide`.
 pub fn verify(
     acls: &[ServiceAclSpec],
     topology: &HubTopology,
@@ -155,6 +157,10 @@ pub fn verify(
                 }
             }
         }
+    }
+    // L7: every service's allowed-peers list grants nothing the rules don't.
+    for (name, svc) in &compiled.services {
+        violations.extend(acl::verify_l7(topology, acls, name, &svc.allowed_peers));
     }
     Ok(Verification {
         matrix,

@@ -135,7 +135,16 @@ impl Mounts {
         let peers: Vec<serde_json::Value> = peers
             .iter()
             .map(|(id, methods, prefixes)| {
-                serde_json::json!({"spiffeId": id, "methods": methods, "pathPrefixes": prefixes})
+                // An empty list is written as an absent field (any), as the operator does: a
+                // present empty list makes the file invalid (contract: allowed-peers.json).
+                let mut entry = serde_json::json!({"spiffeId": id});
+                if !methods.is_empty() {
+                    entry["methods"] = serde_json::json!(methods);
+                }
+                if !prefixes.is_empty() {
+                    entry["pathPrefixes"] = serde_json::json!(prefixes);
+                }
+                entry
             })
             .collect();
         let doc = serde_json::json!({"version": 1, "service": "x", "peers": peers});
