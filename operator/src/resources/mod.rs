@@ -1,5 +1,6 @@
 //! Desired state of a DeviceHub as plain Kubernetes objects, computed by pure functions.
 
 pub mod hub;
+pub mod ingest;
 pub mod names;
 pub mod workload;
