@@ -344,6 +344,84 @@ pub async fn mtls_call(
     Ok((status, body))
 }
 
+/// The bearer token the test hubs' HES sends to the connector's ingest port (Secret `hes-ingest`).
+pub const INGEST_TOKEN: &str = "e2e-ingest-token-0123456789abcdef";
+
+/// Creates the Secret `hes-ingest` (key `token`: [`INGEST_TOKEN`]) in `ns` and returns the
+/// DeviceHub `spec.hes` that makes the connector require it (contract: ingest API).
+pub async fn create_ingest_token(client: &Client, ns: &str) -> anyhow::Result<serde_json::Value> {
+    create::<k8s_openapi::api::core::v1::Secret>(
+        client,
+        ns,
+        json!({"metadata": {"name": "hes-ingest"}, "stringData": {"token": INGEST_TOKEN}}),
+    )
+    .await?;
+    Ok(json!({"endpoint": "https://hes.e2e", "auth": {"tokenSecret": "hes-ingest"}}))
+}
+
+/// One plain HTTP/1.1 request to the ingest port (8090) of a running connector pod of `hub`
+/// through a port-forward (the API server's service proxy would consume the `Authorization`
+/// header), as the HES: with `Bearer` [`INGEST_TOKEN`] unless `authorization` says otherwise.
+/// Returns the status (0 without an answer) and the body.
+#[allow(clippy::too_many_arguments)]
+pub async fn ingest_call(
+    client: &Client,
+    ns: &str,
+    hub: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    authorization: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("meterpark.io/hub={hub},meterpark.io/service=iec61968-connector");
+    let pod = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .and_then(|p| p.metadata.name)
+        .ok_or_else(|| anyhow::anyhow!("no running iec61968-connector pod"))?;
+    let mut forwarder = pods.portforward(&pod, &[8090]).await?;
+    let mut stream = forwarder
+        .take_stream(8090)
+        .context("no port-forward stream")?;
+    let bearer = format!("Bearer {INGEST_TOKEN}");
+    let authorization = authorization.unwrap_or(&bearer);
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: connector\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if !authorization.is_empty() {
+        request.push_str(&format!("authorization: {authorization}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await?;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
+    drop(stream);
+    forwarder.abort();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
-use mpm_e2e::{client, condition, create, skip, wait_for, TestNamespace, OPERATOR_NAMESPACE};
+use mpm_e2e::{
+    client, condition, create, create_ingest_token, ingest_call, skip, wait_for, TestNamespace,
+    OPERATOR_NAMESPACE,
+};
 use mpm_operator::controller::rotation::bundle_fingerprints;
 use mpm_operator::crd::DeviceHub;
 use mpm_operator::pki;
@@ -41,13 +44,15 @@ async fn hub_status(api: &Api<DeviceHub>) -> anyhow::Result<serde_json::Value> {
 
 /// A hub with short-lived leaves and an ACL allowing connector → device-hub events.
 async fn create_hub(client: &Client, ns: &str) -> anyhow::Result<serde_json::Value> {
+    // The HES authenticates on the ingest port with a bearer token from a Secret.
+    let hes = create_ingest_token(client, ns).await?;
     create::<DeviceHub>(
         client,
         ns,
         json!({
             "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub",
             "metadata": {"name": HUB},
-            "spec": {"certificates": {"duration": "10m", "renewBefore": "9m"}}
+            "spec": {"certificates": {"duration": "10m", "renewBefore": "9m"}, "hes": hes}
         }),
     )
     .await?;
@@ -187,8 +192,8 @@ async fn leaf_renewal(client: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Posts one event per call to the connector's ingest port through the API server's service
-/// proxy; the connector forwards it to device-hub over mTLS. Counts requests and failures
+/// Posts one event per call to the connector's ingest port (with the HES's token, through a
+/// port-forward); the connector forwards it to device-hub over mTLS. Counts requests and failures
 /// (transport errors, non-2xx answers, dead-lettered or unforwarded events).
 struct Traffic {
     ok: AtomicU64,
@@ -198,8 +203,6 @@ struct Traffic {
 }
 
 async fn traffic_loop(client: Client, ns: String, traffic: Arc<Traffic>) {
-    let path =
-        format!("/api/v1/namespaces/{ns}/services/{HUB}-iec61968-connector:8090/proxy/ingest");
     let mut i = 0u64;
     while !traffic.stop.load(Ordering::Relaxed) {
         i += 1;
@@ -207,13 +210,9 @@ async fn traffic_loop(client: Client, ns: String, traffic: Arc<Traffic>) {
                            "timestamp": chrono::Utc::now().to_rfc3339(),
                            "readingType": "0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0", "value": i as f64, "unit": "kWh"});
         let result = async {
-            let request = http::Request::post(path.as_str())
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&event)?)?;
-            let text = client.request_text(request).await?;
-            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let v = post_event(&client, &ns, &event).await?;
             if v["forwarded"] != 1 || v["deadLettered"] != 0 {
-                bail!("connector answered {text}");
+                bail!("connector answered {v}");
             }
             Ok(())
         }
@@ -233,6 +232,29 @@ async fn traffic_loop(client: Client, ns: String, traffic: Arc<Traffic>) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `POST /ingest` of one JSON event as the HES: the connector's answer (`202` required).
+async fn post_event(
+    client: &Client,
+    ns: &str,
+    event: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = ingest_call(
+        client,
+        ns,
+        HUB,
+        "POST",
+        "/ingest",
+        "application/json",
+        &serde_json::to_vec(event)?,
+        None,
+    )
+    .await?;
+    if status != 202 {
+        bail!("connector answered {status}: {body}");
+    }
+    Ok(serde_json::from_str(body.trim())?)
 }
 
 /// Every CA fingerprint visible in the hub's CA Secrets, trust bundle and status.
@@ -427,14 +449,10 @@ async fn rotation_under_traffic(client: &Client, ns: &str) -> anyhow::Result<()>
     });
     // The ACL reaches the pods through the kubelet's volume sync: wait until events flow.
     wait_for("connector forwards events", Duration::from_secs(180), || async {
-        let path = format!("/api/v1/namespaces/{ns}/services/{HUB}-iec61968-connector:8090/proxy/ingest");
         let event = json!({"kind": "reading", "serialNumber": "E2E-ROT-0000",
                            "timestamp": chrono::Utc::now().to_rfc3339(),
                            "readingType": "0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0", "value": 1.0, "unit": "kWh"});
-        let request = http::Request::post(path)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&event)?)?;
-        let v: serde_json::Value = serde_json::from_str(&client.request_text(request).await?)?;
+        let v = post_event(client, ns, &event).await?;
         Ok((v["forwarded"] == 1).then_some(()))
     })
     .await?;

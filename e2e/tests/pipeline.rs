@@ -8,7 +8,10 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
-use mpm_e2e::{client, condition, create, mtls_call, skip, wait_for, TestNamespace, VERSION};
+use mpm_e2e::{
+    client, condition, create, create_ingest_token, ingest_call, mtls_call, skip, wait_for,
+    TestNamespace, VERSION,
+};
 use mpm_operator::crd::{DeviceHub, ServiceACL};
 use serde_json::json;
 
@@ -40,9 +43,12 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     )
     .await?;
 
+    // The HES authenticates on the ingest port with a bearer token from a Secret.
+    let hes = create_ingest_token(client, ns).await?;
     create::<DeviceHub>(client, ns, json!({
         "apiVersion": "meterpark.io/v1alpha1", "kind": "DeviceHub", "metadata": {"name": HUB},
         "spec": {
+            "hes": hes,
             "jwt": {"issuer": "https://idp.e2e", "audience": "smoc-api", "jwksConfigMap": "jwks"},
             "services": services(1)
         }
@@ -55,7 +61,8 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
             "allow": [
                 {"from": "iec61968-connector", "to": "device-hub", "http": {"methods": ["POST"], "pathPrefixes": ["/v1/events"]}},
                 {"from": "device-hub", "to": "smoc-service"},
-                {"from": "api-gateway", "to": "smoc-service", "http": {"methods": ["GET"], "pathPrefixes": ["/v1/meters"]}}
+                {"from": "api-gateway", "to": "smoc-service", "http": {"methods": ["GET"], "pathPrefixes": ["/v1/meters"]}},
+                {"from": "api-gateway", "to": "iec61968-connector", "http": {"methods": ["GET"], "pathPrefixes": ["/dead-letters"]}}
             ],
             "deny": [{"from": "iec61968-connector", "to": "smoc-service"}]
         }
@@ -115,22 +122,28 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     // The HES posts an IEC 61968-9 MeterReadings document to the connector's ingest port.
     let serial = "E2E-PIPE-0001";
     let xml = meter_readings(serial, "42.5");
-    let connector = pods
-        .list(&ListParams::default().labels(&format!(
-            "meterpark.io/hub={HUB},meterpark.io/service=iec61968-connector"
-        )))
-        .await?
-        .items
-        .into_iter()
-        .next()
-        .and_then(|p| p.metadata.name)
-        .ok_or_else(|| anyhow::anyhow!("no connector pod"))?;
-    let ingest = connector_http(&pods, &connector, "POST /ingest", Some(&xml)).await?;
-    println!("connector answered: {ingest}");
-    assert!(
-        ingest.starts_with("HTTP/1.1 202"),
-        "ingest accepted: {ingest}"
-    );
+    // Without the token the connector refuses it; with it, it takes it.
+    let (status, body) = ingest_xml(client, ns, &xml, Some("")).await?;
+    assert_eq!(status, 401, "ingest without a token: {body}");
+    let (status, body) =
+        ingest_xml(client, ns, &xml, Some("Bearer not-the-token-0123456789")).await?;
+    assert_eq!(status, 401, "ingest with a wrong token: {body}");
+    let (status, body) = ingest_xml(client, ns, &xml, None).await?;
+    println!("connector answered: {status} {body}");
+    assert_eq!(status, 202, "ingest accepted: {body}");
+    // The dead letters are not on the ingest port (they are on 8443, behind the ServiceACL).
+    let (status, body) = ingest_call(
+        client,
+        ns,
+        HUB,
+        "GET",
+        "/dead-letters",
+        "application/json",
+        b"",
+        None,
+    )
+    .await?;
+    assert_eq!(status, 404, "GET /dead-letters on the ingest port: {body}");
 
     // The reading becomes visible in smoc-service's query API (JWT with realm role `reader`).
     let now = std::time::SystemTime::now()
@@ -148,7 +161,7 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     let bearer = format!("Bearer {token}");
     // An event the connector could not forward stays in its dead-letter store and is redelivered
     // automatically (contract: ingest API); the reading must arrive either way.
-    let readings = reading_arrives(client, ns, &pods, &connector, &bearer, serial, "42.5").await?;
+    let readings = reading_arrives(client, ns, &bearer, serial, "42.5").await?;
     println!("smoc-service readings: {readings}");
 
     // Without a token the query API refuses; the connector's identity is refused outright.
@@ -158,7 +171,7 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
         query_readings(client, ns, "iec61968-connector", serial, Some(&bearer)).await?;
     assert_eq!(status, 403);
 
-    device_hub_outage(client, ns, &pods, &connector, &bearer).await
+    device_hub_outage(client, ns, &pods, &bearer).await
 }
 
 /// device-hub goes away for a while (scaled to 0): a reading posted meanwhile is dead-lettered by
@@ -167,7 +180,6 @@ async fn device_hub_outage(
     client: &Client,
     ns: &str,
     pods: &Api<Pod>,
-    connector: &str,
     bearer: &str,
 ) -> anyhow::Result<()> {
     let hubs: Api<DeviceHub> = Api::namespaced(client.clone(), ns);
@@ -191,26 +203,29 @@ async fn device_hub_outage(
     .await?;
 
     let serial = "E2E-PIPE-0002";
-    let ingest = connector_http(
-        pods,
-        connector,
-        "POST /ingest",
-        Some(&meter_readings(serial, "17.25")),
-    )
-    .await?;
-    println!("connector answered during the outage: {ingest}");
-    let answer: serde_json::Value = ingest
-        .find('{')
-        .and_then(|i| serde_json::from_str(ingest[i..].trim()).ok())
-        .ok_or_else(|| anyhow::anyhow!("no JSON in the connector's answer: {ingest}"))?;
+    let (status, body) = ingest_xml(client, ns, &meter_readings(serial, "17.25"), None).await?;
+    println!("connector answered during the outage: {status} {body}");
+    let answer: serde_json::Value = serde_json::from_str(body.trim())
+        .map_err(|e| anyhow::anyhow!("no JSON in the connector's answer ({e}): {body}"))?;
     anyhow::ensure!(
-        ingest.starts_with("HTTP/1.1 202") && answer["deadLettered"] == 1,
-        "the reading must be accepted and dead-lettered while device-hub is away: {ingest}"
+        status == 202 && answer["deadLettered"] == 1,
+        "the reading must be accepted and dead-lettered while device-hub is away: {status} {body}"
+    );
+    // The dead letter is readable over mTLS by a peer the ServiceACL allows, and by no other.
+    let (status, body) = dead_letters(client, ns, "api-gateway").await?;
+    anyhow::ensure!(
+        status == 200 && body.contains(serial),
+        "the dead letter must be listed on the connector's mTLS port: {status} {body}"
+    );
+    let (status, body) = dead_letters(client, ns, "device-hub").await?;
+    anyhow::ensure!(
+        status == 403,
+        "a peer without a ServiceACL rule must not read the dead letters: {status} {body}"
     );
 
     let back = std::time::Instant::now();
     scale(1).await?;
-    let readings = reading_arrives(client, ns, pods, connector, bearer, serial, "17.25").await?;
+    let readings = reading_arrives(client, ns, bearer, serial, "17.25").await?;
     println!(
         "dead-lettered reading in smoc-service {:?} after device-hub was scaled back: {readings}",
         back.elapsed()
@@ -251,8 +266,6 @@ fn meter_readings(serial: &str, value: &str) -> String {
 async fn reading_arrives(
     client: &Client,
     ns: &str,
-    pods: &Api<Pod>,
-    connector: &str,
     bearer: &str,
     serial: &str,
     value: &str,
@@ -270,7 +283,7 @@ async fn reading_arrives(
     match readings {
         Ok(r) => Ok(r),
         Err(e) => {
-            let dead = connector_http(pods, connector, "GET /dead-letters", None).await;
+            let dead = dead_letters(client, ns, "api-gateway").await;
             anyhow::bail!("{e}; the connector's dead letters: {dead:?}");
         }
     }
@@ -301,28 +314,38 @@ async fn query_readings(
     .await
 }
 
-/// One plain HTTP/1.1 request to the connector's ingest port (contract: ingest API) through a
-/// port-forward: `request` is the method and path, `xml` an optional XML body.
-async fn connector_http(
-    pods: &Api<Pod>,
-    pod: &str,
-    request: &str,
-    xml: Option<&str>,
-) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut forwarder = pods.portforward(pod, &[8090]).await?;
-    let mut stream = forwarder
-        .take_stream(8090)
-        .ok_or_else(|| anyhow::anyhow!("no port-forward stream"))?;
-    let body = xml.unwrap_or("");
-    let request = format!(
-        "{request} HTTP/1.1\r\nhost: connector\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
-    drop(stream);
-    forwarder.abort();
-    Ok(String::from_utf8_lossy(&response).to_string())
+/// `POST /ingest` of an XML document as the HES (`authorization`: see [`ingest_call`]).
+async fn ingest_xml(
+    client: &Client,
+    ns: &str,
+    xml: &str,
+    authorization: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    ingest_call(
+        client,
+        ns,
+        HUB,
+        "POST",
+        "/ingest",
+        "application/xml",
+        xml.as_bytes(),
+        authorization,
+    )
+    .await
+}
+
+/// `GET /dead-letters` on the connector's mTLS port as `caller` (contract: dead letters).
+async fn dead_letters(client: &Client, ns: &str, caller: &str) -> anyhow::Result<(u16, String)> {
+    mtls_call(
+        client,
+        ns,
+        HUB,
+        caller,
+        "iec61968-connector",
+        "GET",
+        "/dead-letters",
+        &[],
+        b"",
+    )
+    .await
 }

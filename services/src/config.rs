@@ -37,11 +37,77 @@ pub struct PeerConfig {
     pub spiffe_id: String,
 }
 
-/// The head-end system (connector only).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// The head-end system (connector only): where it is and how it authenticates on the ingest port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HesConfig {
+    #[serde(default)]
     pub endpoint: Option<String>,
+    /// Bearer token file (exactly one of this and `client_ca_file`).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// PEM CA bundle the HES's client certificate must chain to.
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// The token bucket of each ingest source (contract: config.json, `hes`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 20,
+            burst: 40,
+        }
+    }
+}
+
+/// How the ingest port authenticates the HES (validated [`HesConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestAuthSource {
+    /// Nothing configured: every request is refused (fail closed).
+    Unconfigured,
+    /// Plain HTTP, `Authorization: Bearer <content of the file>`.
+    Token(PathBuf),
+    /// TLS with a required client certificate chaining to the bundle in the file.
+    ClientCa(PathBuf),
+}
+
+impl HesConfig {
+    /// The ingest authentication, or an error naming the fields when both are set.
+    pub fn ingest_auth(&self) -> Result<IngestAuthSource, ConfigError> {
+        fn set(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        match (set(&self.token_file), set(&self.client_ca_file)) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "hes.tokenFile and hes.clientCaFile are both set; set exactly one".into(),
+            )),
+            (Some(t), None) => Ok(IngestAuthSource::Token(PathBuf::from(t))),
+            (None, Some(ca)) => Ok(IngestAuthSource::ClientCa(PathBuf::from(ca))),
+            (None, None) => Ok(IngestAuthSource::Unconfigured),
+        }
+    }
+
+    /// The rate limit, or an error when a value is zero.
+    pub fn rate_limit(&self) -> Result<RateLimitConfig, ConfigError> {
+        let r = self.rate_limit.unwrap_or_default();
+        if r.per_second == 0 || r.burst == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "hes.rateLimit: perSecond ({}) and burst ({}) must be at least 1",
+                r.per_second, r.burst
+            )));
+        }
+        Ok(r)
+    }
 }
 
 /// JWT validation settings (smoc-service only). Exactly one of `jwks_file` and `jwks_url`.
@@ -326,6 +392,61 @@ mod tests {
         .expect_err("zero")
         .to_string();
         assert!(e.contains("ingest.limits.maxDepth 0"), "{e}");
+    }
+
+    #[test]
+    fn at_most_one_ingest_authentication() {
+        let hes = |token: Option<&str>, ca: Option<&str>| HesConfig {
+            token_file: token.map(str::to_string),
+            client_ca_file: ca.map(str::to_string),
+            ..HesConfig::default()
+        };
+        let both = hes(Some("/t"), Some("/ca.crt"))
+            .ingest_auth()
+            .expect_err("both")
+            .to_string();
+        assert!(
+            both.contains("hes.tokenFile") && both.contains("hes.clientCaFile"),
+            "{both}"
+        );
+        assert_eq!(
+            hes(Some(" "), None).ingest_auth().ok(),
+            Some(IngestAuthSource::Unconfigured)
+        );
+        assert_eq!(
+            hes(Some("/t"), Some("")).ingest_auth().ok(),
+            Some(IngestAuthSource::Token("/t".into()))
+        );
+        assert_eq!(
+            hes(None, Some("/ca.crt")).ingest_auth().ok(),
+            Some(IngestAuthSource::ClientCa("/ca.crt".into()))
+        );
+        let cfg = ServiceConfig::parse(
+            br#"{"hub": "h", "namespace": "n", "service": "iec61968-connector",
+                 "hes": {"endpoint": "https://hes", "tokenFile": "/etc/mpm/ingest-token/token",
+                         "rateLimit": {"perSecond": 5, "burst": 10}}}"#,
+        )
+        .expect("parses");
+        let hes_cfg = cfg.hes.expect("hes");
+        assert_eq!(
+            hes_cfg.rate_limit().ok(),
+            Some(RateLimitConfig {
+                per_second: 5,
+                burst: 10
+            })
+        );
+        assert_eq!(
+            HesConfig::default().rate_limit().ok(),
+            Some(RateLimitConfig::default())
+        );
+        let zero = HesConfig {
+            rate_limit: Some(RateLimitConfig {
+                per_second: 0,
+                burst: 1,
+            }),
+            ..HesConfig::default()
+        };
+        assert!(zero.rate_limit().is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! iec61968-connector: plain-HTTP ingest from the HES (contract: Ports, `ingest` 8090), normalization
-//! of IEC 61968-9 messages, forwarding to device-hub over mTLS, and a persisted dead-letter store
-//! that is redelivered automatically once device-hub answers again (contract: ingest API).
+//! iec61968-connector: authenticated, rate-limited ingest from the HES (contract: Ports, `ingest`
+//! 8090; ingest API), normalization of IEC 61968-9 messages, forwarding to device-hub over mTLS,
+//! and a persisted dead-letter store that is redelivered automatically once device-hub answers
+//! again; the dead letters are served on the mTLS port only, behind allowed-peers.json.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +17,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use crate::client::{refused_for_good, ClientPolicy, MtlsClient};
-use crate::config::PeerConfig;
+use crate::config::{IngestAuthSource, PeerConfig};
 use crate::iec::{parse_events, IngestError, Limits, NormalizedEvent};
+use crate::ingest_auth::{authenticate, rate_limit, IngestAuth, IngestGuard};
 use crate::metrics::Metrics;
 use crate::retry::RoundBackoff;
 use crate::server::{
-    bind, internal_error, json_error, serve_plain, start_common, traced_app, RequestTrace, Running,
-    ServerError, ServiceContext,
+    bind, internal_error, json_error, serve_https, serve_plain, start_common, traced_app,
+    RequestTrace, Running, ServerError, ServiceContext,
 };
 use crate::store::{queue_key, Store, StoreError};
 use crate::util::{rfc3339, TraceContext};
@@ -369,20 +371,43 @@ async fn replay(State(c): State<Arc<Connector>>) -> Response {
     }
 }
 
-fn ingest_router(c: Arc<Connector>) -> Router {
+/// The ingest port: `POST /ingest` for an authenticated HES; every request (unknown paths too)
+/// takes a token of its source's rate limit first. The dead letters are not served here.
+fn ingest_router(c: Arc<Connector>, guard: Arc<IngestGuard>) -> Router {
     Router::new()
         .route("/ingest", post(ingest))
+        .layer(DefaultBodyLimit::max(c.limits.max_body_bytes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            authenticate,
+        ))
+        .with_state(c)
+        .layer(axum::middleware::from_fn_with_state(guard, rate_limit))
+}
+
+/// The mTLS port's API (allowed-peers.json applies): the dead letters.
+fn dead_letter_router(c: Arc<Connector>) -> Router {
+    Router::new()
         .route("/dead-letters", get(list_dead_letters))
         .route("/dead-letters/replay", post(replay))
-        .layer(DefaultBodyLimit::max(c.limits.max_body_bytes))
         .with_state(c)
 }
 
-/// Starts the connector: HTTPS (mTLS, no API of its own), health port, ingest port.
+/// Starts the connector: HTTPS (mTLS: the dead letters), health port, ingest port.
 pub async fn start(
     ctx: ServiceContext,
     ingest_addr: std::net::SocketAddr,
 ) -> Result<Running, ServerError> {
+    let hes = ctx.config.hes.clone().unwrap_or_default();
+    let auth = IngestAuth::new(hes.ingest_auth()?);
+    let guard = IngestGuard::new(auth.clone(), hes.rate_limit()?, ctx.metrics.clone());
+    auth.watch(&ctx.material);
+    if *auth.source() == IngestAuthSource::Unconfigured {
+        tracing::warn!(
+            "no ingest authentication configured (hes.tokenFile or hes.clientCaFile): the ingest \
+             port refuses every request; set spec.hes.auth in the DeviceHub"
+        );
+    }
     let store = Store::open(&ctx.paths.data_dir, STORE_FILE)?;
     let policy = ClientPolicy {
         max_attempts: 3,
@@ -414,13 +439,29 @@ pub async fn start(
         addr: ingest_addr,
         source,
     })?;
-    let mut running = start_common(&ctx, Router::new()).await?;
-    running.tasks.spawn(serve_plain(
-        listener,
-        traced_app(ingest_router(c.clone()), &ctx),
-        ctx.shutdown.clone(),
-        ctx.drain_deadline,
-    ));
+    let mut running = start_common(&ctx, dead_letter_router(c.clone())).await?;
+    let app = traced_app(ingest_router(c.clone(), guard), &ctx);
+    match auth.source() {
+        IngestAuthSource::ClientCa(_) => {
+            let tls = auth.server_config(ctx.material.clone())?;
+            running.tasks.spawn(serve_https(
+                listener,
+                tls,
+                app,
+                ctx.metrics.clone(),
+                ctx.shutdown.clone(),
+                ctx.drain_deadline,
+            ));
+        }
+        IngestAuthSource::Token(_) | IngestAuthSource::Unconfigured => {
+            running.tasks.spawn(serve_plain(
+                listener,
+                app,
+                ctx.shutdown.clone(),
+                ctx.drain_deadline,
+            ));
+        }
+    }
     running.tasks.spawn(async move {
         redeliver_dead_letters(c).await;
         Ok(())

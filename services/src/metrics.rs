@@ -26,6 +26,7 @@ pub struct Metrics {
     pub jwks_fetches: Family<Labels, Counter>,
     pub jwks_keys: Gauge,
     pub jwks_last_success: Gauge,
+    pub ingest_refusals: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -116,6 +117,12 @@ impl Metrics {
             "When the JWT key set was last loaded or confirmed unchanged, Unix seconds",
             jwks_last_success.clone(),
         );
+        let ingest_refusals = Family::<Labels, Counter>::default();
+        registry.register(
+            "ingest_refusals",
+            "Requests refused on the connector's ingest port, by reason",
+            ingest_refusals.clone(),
+        );
         Self {
             registry,
             requests,
@@ -131,6 +138,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             jwks_last_success,
+            ingest_refusals,
         }
     }
 

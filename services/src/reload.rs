@@ -37,6 +37,25 @@ impl MaterialPaths {
     }
 }
 
+/// Parses and installs a watched file's new content (see [`WatchedFile::load`]).
+pub type LoadFn = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+/// A service-specific file polled with the rest of the material (the connector's ingest CA bundle
+/// and token): same content-hash change detection, metrics (`kind`) and keep-the-old-one rule.
+pub struct WatchedFile {
+    pub kind: &'static str,
+    pub path: PathBuf,
+    /// Parses and installs new content; `Err` says why it is not usable (the previous content then
+    /// stays). The message must not contain the content (it may be a secret).
+    pub load: LoadFn,
+}
+
+/// A registered [`WatchedFile`] and the hash of the content it last saw (or `missing`).
+struct Watched {
+    file: WatchedFile,
+    seen: Option<String>,
+}
+
 #[derive(Default)]
 struct Seen {
     identity: Option<String>,
@@ -64,6 +83,7 @@ pub struct MaterialStore {
     acl: RwLock<Arc<Acl>>,
     errors: RwLock<BTreeMap<&'static str, String>>,
     seen: std::sync::Mutex<Seen>,
+    watched: std::sync::Mutex<Vec<Watched>>,
     metrics: Arc<Metrics>,
 }
 
@@ -95,6 +115,7 @@ impl MaterialStore {
             acl: RwLock::new(Arc::new(Acl::deny_all())),
             errors: RwLock::new(BTreeMap::new()),
             seen: std::sync::Mutex::new(Seen::default()),
+            watched: std::sync::Mutex::new(Vec::new()),
             metrics,
         });
         store.poll_once();
@@ -155,8 +176,48 @@ impl MaterialStore {
         self.set_error(kind, None);
     }
 
+    /// Adds a service-specific file to the poll and loads it now.
+    pub fn watch_file(&self, file: WatchedFile) {
+        let mut w = Watched { file, seen: None };
+        self.poll_watched(&mut w);
+        if let Ok(mut g) = self.watched.lock() {
+            g.push(w);
+        }
+    }
+
+    fn poll_watched(&self, w: &mut Watched) {
+        let kind = w.file.kind;
+        match read_opt(&w.file.path) {
+            Ok(Some(bytes)) => {
+                let h = sha256_hex(&bytes);
+                if w.seen.as_deref() != Some(h.as_str()) {
+                    w.seen = Some(h);
+                    match (w.file.load)(&bytes) {
+                        Ok(()) => {
+                            tracing::info!(kind, path = %w.file.path.display(), "loaded {kind}");
+                            self.loaded(kind);
+                        }
+                        Err(e) => self.failed(kind, format!("{}: {e}", w.file.path.display())),
+                    }
+                }
+            }
+            Ok(None) => {
+                if w.seen.as_deref() != Some("missing") {
+                    w.seen = Some("missing".into());
+                    self.failed(kind, format!("{} missing", w.file.path.display()));
+                }
+            }
+            Err(e) => self.failed(kind, format!("{}: read error: {e}", w.file.path.display())),
+        }
+    }
+
     /// Reads all files once and swaps in whatever changed and is valid.
     pub fn poll_once(&self) {
+        if let Ok(mut watched) = self.watched.lock() {
+            for w in watched.iter_mut() {
+                self.poll_watched(w);
+            }
+        }
         let Ok(mut seen) = self.seen.lock() else {
             return;
         };

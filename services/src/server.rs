@@ -54,6 +54,11 @@ pub enum ServerError {
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub Option<String>);
 
+/// Hex SHA-256 of the peer's end-entity certificate, on TLS connections that presented one (the
+/// ingest port's rate limit keys on it).
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub String);
+
 /// The request's trace context (from `traceparent` or new).
 #[derive(Debug, Clone)]
 pub struct RequestTrace(pub TraceContext);
@@ -452,13 +457,14 @@ async fn serve_connection(
                     return;
                 }
             };
-            let peer = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(crate::tls::peer_spiffe_id);
+            let chain = stream.get_ref().1.peer_certificates();
+            let peer = chain.and_then(crate::tls::peer_spiffe_id);
+            let certificate = chain
+                .and_then(|c| c.first())
+                .map(|leaf| PeerCertificate(crate::util::sha256_hex(leaf.as_ref())));
             let identity = PeerIdentity(peer);
-            serve_http1(TokioIo::new(stream), Some(identity), app, remote, shutdown).await
+            let io = TokioIo::new(stream);
+            serve_http1(io, Some((identity, certificate)), app, remote, shutdown).await
         }
     }
 }
@@ -467,7 +473,7 @@ async fn serve_connection(
 /// closes.
 async fn serve_http1<I>(
     io: TokioIo<I>,
-    identity: Option<PeerIdentity>,
+    identity: Option<(PeerIdentity, Option<PeerCertificate>)>,
     app: Router,
     remote: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
@@ -475,9 +481,14 @@ async fn serve_http1<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        if let Some(identity) = &identity {
+        if let Some((identity, certificate)) = &identity {
             req.extensions_mut().insert(identity.clone());
+            if let Some(certificate) = certificate {
+                req.extensions_mut().insert(certificate.clone());
+            }
         }
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(remote));
         let app = app.clone();
         async move {
             let resp: Result<Response, Infallible> = app.oneshot(req.map(Body::new)).await;

@@ -258,7 +258,11 @@ async fn ingest_to_device_hub_to_smoc_end_to_end() {
         ingest,
         "POST",
         "/ingest",
-        &[("content-type", "application/xml"), ("traceparent", tp)],
+        &[
+            ("content-type", "application/xml"),
+            ("traceparent", tp),
+            ("authorization", INGEST_AUTH),
+        ],
         READINGS_XML.as_bytes(),
     )
     .await;
@@ -300,7 +304,10 @@ async fn ingest_to_device_hub_to_smoc_end_to_end() {
         ingest,
         "POST",
         "/ingest",
-        &[("content-type", "application/xml")],
+        &[
+            ("content-type", "application/xml"),
+            ("authorization", INGEST_AUTH),
+        ],
         b"<MeterReadings><MeterReading></MeterReadings>",
     )
     .await;
@@ -315,7 +322,10 @@ async fn ingest_to_device_hub_to_smoc_end_to_end() {
         ingest,
         "POST",
         "/ingest",
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", INGEST_AUTH),
+        ],
         b"{\"kind\": ",
     )
     .await;
@@ -326,7 +336,10 @@ async fn ingest_to_device_hub_to_smoc_end_to_end() {
         ingest,
         "POST",
         "/ingest",
-        &[("content-type", "application/xml")],
+        &[
+            ("content-type", "application/xml"),
+            ("authorization", INGEST_AUTH),
+        ],
         missing_value.as_bytes(),
     )
     .await;
@@ -336,7 +349,7 @@ async fn ingest_to_device_hub_to_smoc_end_to_end() {
         ingest,
         "POST",
         "/ingest",
-        &[("content-type", "text/csv")],
+        &[("content-type", "text/csv"), ("authorization", INGEST_AUTH)],
         b"a,b",
     )
     .await;
@@ -380,7 +393,10 @@ async fn dead_letters_persist_and_are_redelivered_once_device_hub_answers() {
         ingest,
         "POST",
         "/ingest",
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", INGEST_AUTH),
+        ],
         json_body,
     )
     .await;
@@ -390,8 +406,7 @@ async fn dead_letters_persist_and_are_redelivered_once_device_hub_answers() {
     // Survives a restart.
     conn.stop().await;
     let conn = start_connector(&w.conn, conn_cfg).await;
-    let ingest = conn.ingest.expect("ingest");
-    let (code, body) = http(ingest, "GET", "/dead-letters", &[], b"").await;
+    let (code, body) = w.conn_api(&conn, Method::GET, "/dead-letters").await;
     assert_eq!(code, 200);
     let items = json(&body)["items"].as_array().cloned().expect("items");
     assert_eq!(items.len(), 1, "{body}");
@@ -400,7 +415,9 @@ async fn dead_letters_persist_and_are_redelivered_once_device_hub_answers() {
     assert_eq!(items[0]["rejected"], false, "{body}");
 
     // A manual replay while device-hub is still down: the event stays.
-    let (code, body) = http(ingest, "POST", "/dead-letters/replay", &[], b"").await;
+    let (code, body) = w
+        .conn_api(&conn, Method::POST, "/dead-letters/replay")
+        .await;
     assert_eq!(code, 200);
     assert_eq!(json(&body)["remaining"], 1, "{body}");
 
@@ -417,14 +434,16 @@ async fn dead_letters_persist_and_are_redelivered_once_device_hub_answers() {
         90,
         "dead letter redelivered without a replay call",
         || async {
-            let (_, body) = http(ingest, "GET", "/dead-letters", &[], b"").await;
+            let (_, body) = w.conn_api(&conn, Method::GET, "/dead-letters").await;
             json(&body)["items"]
                 .as_array()
                 .is_some_and(|a| a.is_empty())
         },
     )
     .await;
-    let (_, body) = http(ingest, "POST", "/dead-letters/replay", &[], b"").await;
+    let (_, body) = w
+        .conn_api(&conn, Method::POST, "/dead-letters/replay")
+        .await;
     assert_eq!(
         json(&body),
         serde_json::json!({"replayed": 0, "remaining": 0})
@@ -453,8 +472,15 @@ async fn a_stopped_connector_has_released_its_store() {
     for round in 0..200 {
         let conn = start_connector(&w.conn, cfg.clone()).await;
         let ingest = conn.ingest.expect("ingest");
-        let (code, body) = http(ingest, "GET", "/dead-letters", &[], b"").await;
-        assert_eq!(code, 200, "{body}");
+        let (code, body) = http(
+            ingest,
+            "POST",
+            "/ingest",
+            &[("content-type", "text/csv"), ("authorization", INGEST_AUTH)],
+            b"a,b",
+        )
+        .await;
+        assert_eq!(code, 400, "{body}");
         conn.stop().await;
         let reopened = mpm_services::store::Store::open(
             &w.conn.data_dir(),

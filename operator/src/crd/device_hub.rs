@@ -194,6 +194,45 @@ pub struct SecretRef {
 pub struct HesSpec {
     /// Base URL of the HES (for example `https://hes.utility.example`).
     pub endpoint: String,
+
+    /// How the HES authenticates on the connector's ingest port (8090). Without it the ingest port
+    /// refuses every request (`401`, naming this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<HesAuthSpec>,
+
+    /// Requests per source (client IP address, or client certificate) the ingest port accepts.
+    /// Default: 20 per second, bursts of 40.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<HesRateLimit>,
+}
+
+/// Exactly one way for the HES to authenticate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HesAuthSpec {
+    /// A Secret in the hub's namespace whose key `token` (at least 16 characters) the HES sends as
+    /// `Authorization: Bearer <token>` over plain HTTP. Exactly one of `tokenSecret` and
+    /// `clientCaConfigMap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
+    /// A ConfigMap in the hub's namespace whose key `ca.crt` (PEM) holds the CAs the HES's client
+    /// certificate must chain to. The ingest port then speaks TLS with the connector's own
+    /// certificate (issued by the hub's CA) and requires a client certificate. Exactly one of
+    /// `tokenSecret` and `clientCaConfigMap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_config_map: Option<String>,
+}
+
+/// A token bucket per ingest source.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HesRateLimit {
+    /// Sustained requests per second.
+    #[schemars(range(min = 1, max = 10000))]
+    pub per_second: u32,
+    /// Requests accepted at once after an idle period.
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: u32,
 }
 
 /// JWT bearer token validation for smoc-service's query API (Keycloak realm roles).

@@ -165,6 +165,9 @@ pub fn resolve_services(
     if let Some(jwt) = &spec.jwt {
         errors.extend(validate_jwt(jwt));
     }
+    if let Some(hes) = &spec.hes {
+        errors.extend(super::ingest::validate_hes(hes));
+    }
 
     let default_image = spec
         .image

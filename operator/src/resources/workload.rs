@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    EnvVar, HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
     ServiceSpec as K8sServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
@@ -19,6 +19,7 @@ use kube::api::DynamicObject;
 use serde_json::json;
 
 use super::hub::{ResolvedService, ServiceKind};
+use super::ingest::{self, IngestAuth};
 use super::names::{self, *};
 use crate::crd::device_hub::DeviceHubSpec;
 
@@ -191,6 +192,13 @@ pub fn deployment(hub: &HubContext, svc: &ResolvedService) -> Deployment {
             mounts.push(mount("jwks-ca", JWKS_CA_DIR));
         }
     }
+    if svc.kind == ServiceKind::Connector {
+        let (volume, dir) = ingest_auth_volume(hub);
+        if let Some(volume) = volume {
+            volumes.push(volume);
+            mounts.push(mount("ingest-auth", dir));
+        }
+    }
     let mut env = vec![
         EnvVar {
             name: "MPM_SERVICE".into(),
@@ -292,6 +300,47 @@ pub fn deployment(hub: &HubContext, svc: &ResolvedService) -> Deployment {
     }
 }
 
+/// The connector's ingest credentials (contract: Mounted files): only the one key it needs,
+/// read-only, the Secret's file group-readable only (`0440`, group = the pod's fsGroup).
+fn ingest_auth_volume(hub: &HubContext) -> (Option<Volume>, &'static str) {
+    let only = |key: &str| {
+        Some(vec![KeyToPath {
+            key: key.to_string(),
+            path: key.to_string(),
+            mode: None,
+        }])
+    };
+    match ingest::ingest_auth(hub.spec.hes.as_ref()) {
+        Some(IngestAuth::Token { secret }) => (
+            Some(Volume {
+                name: "ingest-auth".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.to_string()),
+                    items: only(ingest::INGEST_TOKEN_KEY),
+                    default_mode: Some(0o440),
+                    optional: Some(false),
+                }),
+                ..Volume::default()
+            }),
+            ingest::INGEST_TOKEN_DIR,
+        ),
+        Some(IngestAuth::ClientCa { config_map }) => (
+            Some(Volume {
+                name: "ingest-auth".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map.to_string(),
+                    items: only(ingest::INGEST_CA_KEY),
+                    optional: Some(false),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            }),
+            ingest::INGEST_CA_DIR,
+        ),
+        None => (None, ""),
+    }
+}
+
 fn service_port(name: &str, port: u16) -> ServicePort {
     ServicePort {
         name: Some(name.to_string()),
@@ -390,7 +439,7 @@ pub fn service_config(hub: &HubContext, svc: &ResolvedService) -> serde_json::Va
     });
     if svc.kind == ServiceKind::Connector {
         if let Some(hes) = &hub.spec.hes {
-            config["hes"] = json!({ "endpoint": hes.endpoint });
+            config["hes"] = ingest::hes_config(hes);
         }
     }
     if svc.kind == ServiceKind::Smoc {
@@ -557,6 +606,109 @@ mod tests {
                 );
                 assert!(config.get("jwt").is_none(), "{config}");
             }
+        }
+    }
+
+    fn ingest_hub(auth: crate::crd::device_hub::HesAuthSpec) -> DeviceHubSpec {
+        DeviceHubSpec {
+            include_default_services: true,
+            trust_domain: "cluster.local".into(),
+            hes: Some(crate::crd::device_hub::HesSpec {
+                endpoint: "https://hes.example".into(),
+                auth: Some(auth),
+                rate_limit: None,
+            }),
+            ..DeviceHubSpec::default()
+        }
+    }
+
+    /// (volume, mount) of the ingest credentials in a service's Deployment.
+    fn ingest_volume(
+        hub: &HubContext,
+        svc: &ResolvedService,
+    ) -> (Option<Volume>, Option<VolumeMount>) {
+        let pod = deployment(hub, svc).spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "ingest-auth");
+        let mount = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.name == "ingest-auth");
+        (volume, mount)
+    }
+
+    #[test]
+    fn only_the_connector_mounts_the_ingest_token_read_only() {
+        let spec = ingest_hub(crate::crd::device_hub::HesAuthSpec {
+            token_secret: Some("hes-token".into()),
+            client_ca_config_map: None,
+        });
+        let services = resolve_services("demo", &spec).unwrap();
+        let hub = demo_hub(&spec, &services);
+        for svc in &services {
+            let (volume, mount) = ingest_volume(&hub, svc);
+            let config = service_config(&hub, svc);
+            if svc.kind != ServiceKind::Connector {
+                assert!(
+                    volume.is_none() && mount.is_none(),
+                    "{} mounts the token",
+                    svc.name
+                );
+                assert!(config.get("hes").is_none(), "{config}");
+                continue;
+            }
+            let secret = volume.and_then(|v| v.secret).expect("secret volume");
+            assert_eq!(secret.secret_name.as_deref(), Some("hes-token"));
+            assert_eq!(secret.default_mode, Some(0o440));
+            assert_eq!(secret.optional, Some(false));
+            let items = secret.items.unwrap_or_default();
+            assert_eq!(items.len(), 1, "only the token key");
+            assert_eq!(
+                (items[0].key.as_str(), items[0].path.as_str()),
+                ("token", "token")
+            );
+            let mount = mount.expect("mounted");
+            assert_eq!(mount.mount_path, "/etc/mpm/ingest-token");
+            assert_eq!(mount.read_only, Some(true));
+            assert_eq!(config["hes"]["tokenFile"], "/etc/mpm/ingest-token/token");
+            assert!(config["hes"]["clientCaFile"].is_null(), "{config}");
+        }
+    }
+
+    #[test]
+    fn only_the_connector_mounts_the_hes_client_ca() {
+        let spec = ingest_hub(crate::crd::device_hub::HesAuthSpec {
+            token_secret: None,
+            client_ca_config_map: Some("hes-ca".into()),
+        });
+        let services = resolve_services("demo", &spec).unwrap();
+        let hub = demo_hub(&spec, &services);
+        for svc in &services {
+            let (volume, mount) = ingest_volume(&hub, svc);
+            if svc.kind != ServiceKind::Connector {
+                assert!(
+                    volume.is_none() && mount.is_none(),
+                    "{} mounts the CA",
+                    svc.name
+                );
+                continue;
+            }
+            let cm = volume
+                .and_then(|v| v.config_map)
+                .expect("config map volume");
+            assert_eq!(cm.name, "hes-ca");
+            assert_eq!(cm.items.unwrap_or_default()[0].key, "ca.crt");
+            let mount = mount.expect("mounted");
+            assert_eq!(mount.mount_path, "/etc/mpm/ingest-ca");
+            assert_eq!(mount.read_only, Some(true));
+            let config = service_config(&hub, svc);
+            assert_eq!(config["hes"]["clientCaFile"], "/etc/mpm/ingest-ca/ca.crt");
+            assert!(config["hes"]["tokenFile"].is_null(), "{config}");
         }
     }
 

@@ -29,6 +29,10 @@ pub const SMOC_SA: &str = "demo-smoc-service";
 pub const CONN_SA: &str = "demo-iec61968-connector";
 pub const OPERATOR_SA: &str = "mpm-operator";
 
+/// The HES's ingest token in [`World::conn_config`], and the header value that carries it.
+pub const INGEST_TOKEN: &str = "test-ingest-token-0123456789abcdef";
+pub const INGEST_AUTH: &str = "Bearer test-ingest-token-0123456789abcdef";
+
 /// A CA that issues SPIFFE leaves.
 pub struct Ca {
     pub pem: String,
@@ -116,6 +120,12 @@ impl Mounts {
     }
     pub fn data_dir(&self) -> PathBuf {
         self.root.join("data")
+    }
+    pub fn ingest_token_file(&self) -> PathBuf {
+        self.root.join("ingest-token/token")
+    }
+    pub fn ingest_ca_file(&self) -> PathBuf {
+        self.root.join("ingest-ca/ca.crt")
     }
 
     pub fn set_identity(&self, cert_key: &(String, String)) {
@@ -422,7 +432,12 @@ impl World {
             ),
             (op_id.as_str(), &["GET"], &["/v1/meters"]),
         ]);
-        conn.set_acl(&[]);
+        // The operator may read and replay the connector's dead letters; nobody else.
+        conn.set_acl(&[(op_id.as_str(), &["GET", "POST"], &["/dead-letters"])]);
+        write_atomic(
+            &conn.ingest_token_file(),
+            format!("{INGEST_TOKEN}\n").as_bytes(),
+        );
         Self {
             dir,
             ca,
@@ -453,12 +468,40 @@ impl World {
         )
     }
 
+    /// The connector, with the HES authenticating by [`INGEST_TOKEN`].
     pub fn conn_config(&self, hub_url: &str) -> ServiceConfig {
-        config(
+        self.conn_config_with(
+            hub_url,
+            serde_json::json!({"tokenFile": self.conn.ingest_token_file()}),
+        )
+    }
+
+    /// The connector with `hes` as its config.json `hes` section.
+    pub fn conn_config_with(&self, hub_url: &str, hes: serde_json::Value) -> ServiceConfig {
+        let mut cfg = config(
             "iec61968-connector",
             &[("device-hub", hub_url.to_string(), spiffe(HUB_SA))],
             None,
-        )
+        );
+        cfg.hes = serde_json::from_value(hes).expect("hes section");
+        cfg
+    }
+
+    /// `method path` on the connector's mTLS port as the operator (allowed for `/dead-letters`).
+    pub async fn conn_api(&self, conn: &Svc, method: http::Method, path: &str) -> (u16, String) {
+        let (_s, op) = client("op", &self.op);
+        let r = op
+            .call(
+                "iec61968-connector",
+                &peer(&conn.url(), CONN_SA),
+                method,
+                path,
+                None,
+                &mpm_services::util::TraceContext::new_root(),
+            )
+            .await
+            .expect("call the connector");
+        (r.status, String::from_utf8_lossy(&r.body).to_string())
     }
 }
 
