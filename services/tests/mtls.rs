@@ -355,3 +355,78 @@ async fn rotation_of_leaf_and_ca_under_load_has_zero_failures() {
     hub.stop().await;
     smoc.stop().await;
 }
+
+/// Attack: a certificate from the trusted CA carrying two URI SANs, one of them the identity the
+/// other side expects. X509-SVID allows exactly one; before the fix the caller was taken for
+/// device-hub (its first SPIFFE URI) and a server was accepted when any URI matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_with_several_uri_sans_are_refused_both_ways() {
+    let w = World::new();
+    let smoc = start_smoc(&w.smoc, w.smoc_config(None)).await;
+    let tc = TraceContext::new_root();
+    let two_sans = |first: String, second: String| {
+        w.ca.leaf_with(&first, |p| {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(second.try_into().expect("ia5")));
+        })
+    };
+
+    // Client side: a caller presenting device-hub's ID and another one.
+    let mallory = Mounts::new(w.dir.path(), "mallory");
+    mallory.set_identity(&two_sans(spiffe(HUB_SA), spiffe("mallory")));
+    mallory.set_bundle(&[&w.ca.pem]);
+    let (_s, mallory_client) = client("mallory", &mallory);
+    let r = mallory_client
+        .call(
+            "smoc",
+            &peer(&smoc.url(), SMOC_SA),
+            Method::PUT,
+            "/v1/devices/EVIL",
+            Some(b"{\"state\":\"Provisioned\"}".to_vec()),
+            &tc,
+        )
+        .await;
+    assert!(
+        r.is_err(),
+        "a two-URI certificate must not pass the handshake: {:?}",
+        r.map(|r| r.status)
+    );
+
+    // Server side: a server presenting another ID and smoc-service's.
+    let fake = Mounts::new(w.dir.path(), "fake-smoc");
+    fake.set_identity(&two_sans(spiffe("fake"), spiffe(SMOC_SA)));
+    fake.set_bundle(&[&w.ca.pem]);
+    fake.set_acl(&[(spiffe(HUB_SA).as_str(), &["PUT"], &["/v1/"])]);
+    let fake_smoc = start_smoc(&fake, w.smoc_config(None)).await;
+    let (_s, hub_client) = client("hub", &w.hub);
+    let r = hub_client
+        .call(
+            "smoc",
+            &peer(&fake_smoc.url(), SMOC_SA),
+            Method::PUT,
+            "/v1/devices/M1",
+            Some(b"{\"state\":\"Provisioned\"}".to_vec()),
+            &tc,
+        )
+        .await;
+    assert!(
+        r.is_err(),
+        "a server with two URI SANs must be refused: {:?}",
+        r.map(|r| r.status)
+    );
+    // The real one still works.
+    let r = hub_client
+        .call(
+            "smoc",
+            &peer(&smoc.url(), SMOC_SA),
+            Method::PUT,
+            "/v1/devices/M1",
+            Some(b"{\"state\":\"Provisioned\"}".to_vec()),
+            &tc,
+        )
+        .await
+        .expect("device-hub reaches smoc");
+    assert_eq!(r.status, 201);
+    fake_smoc.stop().await;
+    smoc.stop().await;
+}
