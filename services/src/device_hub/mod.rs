@@ -138,7 +138,7 @@ fn outbox_put(spec: &MeterRecord, trace: &TraceContext) -> Result<WriteOp, Store
         attempts: 0,
         enqueued_at: rfc3339(chrono::Utc::now()),
     };
-    WriteOp::put_json(OUTBOX, &queue_key(), &item)
+    WriteOp::enqueue_json(OUTBOX, &item)
 }
 
 /// What a `PUT` of `spec` does to the stored record `existing`: the answer's status (201 for a new
@@ -351,7 +351,7 @@ fn delete_ops(
         enqueued_at: rfc3339(chrono::Utc::now()),
     };
     ops.push(WriteOp::delete(METERS, serial));
-    ops.push(WriteOp::put_json(OUTBOX, &queue_key(), &item)?);
+    ops.push(WriteOp::enqueue_json(OUTBOX, &item)?);
     gone.insert(serial.to_string());
     Ok(())
 }
@@ -568,7 +568,7 @@ async fn post_event(
                     attempts: 0,
                     enqueued_at: rfc3339(chrono::Utc::now()),
                 };
-                ops.push(WriteOp::put_json(OUTBOX, &queue_key(), &item)?);
+                ops.push(WriteOp::enqueue_json(OUTBOX, &item)?);
             }
             s.apply(&ops)
         })
@@ -694,6 +694,48 @@ mod tests {
         assert_eq!(changed.record.provisioned_at, "t0");
         assert_eq!(changed.record.state, "Decommissioned");
         assert_eq!(changed.record.model, "E360");
+    }
+
+    /// Attack on the order: the PUT of a meter was queued while the clock ran an hour ahead; the
+    /// clock then stepped back and the DELETE was queued. Time-based keys delivered the DELETE
+    /// first (and the PUT then resurrected the meter in smoc-service).
+    #[test]
+    fn a_clock_step_back_keeps_the_delete_after_its_put() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "t.redb").expect("open");
+        let trace = TraceContext::from_header_or_new(None);
+        let record = plan_new(None, spec("S1", "E450")).record;
+        store.put_json(METERS, "S1", &record).expect("meter stored");
+        let ahead = chrono::Utc::now() + chrono::Duration::hours(1);
+        let put_key = format!(
+            "{:020}-{:06}",
+            ahead.timestamp_nanos_opt().expect("nanos"),
+            0
+        );
+        let put = outbox_put(&record, &trace)
+            .expect("item")
+            .value
+            .expect("bytes");
+        store
+            .write_batch(OUTBOX, &[(put_key, put)], &[])
+            .expect("queued under the clock ahead");
+        let mut ops = Vec::new();
+        delete_ops(
+            &store,
+            "S1",
+            &trace.header_value(),
+            &mut Default::default(),
+            &mut ops,
+        )
+        .expect("ops");
+        store.apply(&ops).expect("delete");
+        let methods: Vec<String> = store
+            .list_json::<OutboxItem>(OUTBOX)
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, i)| i.method)
+            .collect();
+        assert_eq!(methods, vec!["PUT".to_string(), "DELETE".to_string()]);
     }
 
     #[test]
