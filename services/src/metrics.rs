@@ -23,6 +23,8 @@ pub struct Metrics {
     pub outgoing: Family<Labels, Counter>,
     pub dead_letters: Gauge,
     pub outbox: Gauge,
+    pub outbox_parked: Counter,
+    pub store_quarantined: Family<Labels, Counter>,
     pub jwks_fetches: Family<Labels, Counter>,
     pub jwks_keys: Gauge,
     pub jwks_last_success: Gauge,
@@ -98,6 +100,18 @@ impl Metrics {
             "Messages waiting in the outbox",
             outbox.clone(),
         );
+        let outbox_parked = Counter::default();
+        registry.register(
+            "outbox_parked",
+            "Outbox items moved to outbox_parked after too many refusals or too long a wait",
+            outbox_parked.clone(),
+        );
+        let store_quarantined = Family::<Labels, Counter>::default();
+        registry.register(
+            "store_quarantined",
+            "Stored rows that could not be decoded, moved to <table>_quarantine, by table",
+            store_quarantined.clone(),
+        );
         let jwks_fetches = Family::<Labels, Counter>::default();
         registry.register(
             "jwks_fetches",
@@ -128,6 +142,8 @@ impl Metrics {
             outgoing,
             dead_letters,
             outbox,
+            outbox_parked,
+            store_quarantined,
             jwks_fetches,
             jwks_keys,
             jwks_last_success,

@@ -26,7 +26,7 @@ use crate::util::{rfc3339, uuid_like, TraceContext};
 mod outbox;
 
 use outbox::outbox_worker;
-pub use outbox::OutboxItem;
+pub use outbox::{OutboxItem, OutboxPolicy, PARKED, QUARANTINE};
 
 pub const SERVICE: &str = "device-hub";
 pub const STORE_FILE: &str = "device-hub.redb";
@@ -126,6 +126,7 @@ struct Hub {
     smoc: Option<PeerConfig>,
     write_lock: Mutex<()>,
     outbox_notify: Notify,
+    outbox_policy: OutboxPolicy,
     metrics: Arc<Metrics>,
 }
 
@@ -622,6 +623,7 @@ impl App {
                 smoc: ctx.config.peers.get("smoc-service").cloned(),
                 write_lock: Mutex::new(()),
                 outbox_notify: Notify::new(),
+                outbox_policy: OutboxPolicy::default(),
                 metrics: ctx.metrics.clone(),
             }),
         })
