@@ -430,3 +430,50 @@ async fn certificates_with_several_uri_sans_are_refused_both_ways() {
     fake_smoc.stop().await;
     smoc.stop().await;
 }
+
+/// Attack: a peer (or anything holding a trusted certificate on its address) answering an endless
+/// body made the caller buffer all of it. Bodies are now read up to a bound and refused beyond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_answering_a_huge_body_is_cut_off() {
+    let w = World::new();
+    let metrics = Arc::new(mpm_services::metrics::Metrics::new("fake"));
+    let material =
+        mpm_services::reload::MaterialStore::new("fake", w.smoc.material_paths(), metrics.clone());
+    let tls = mpm_services::tls::server_config(material).expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new()
+        .route(
+            "/huge",
+            axum::routing::get(|| async { vec![b'x'; 64 << 20] }),
+        )
+        .route("/small", axum::routing::get(|| async { "ok" }));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(mpm_services::server::serve_https(
+        listener,
+        tls,
+        app,
+        metrics,
+        rx,
+        Duration::from_secs(1),
+    ));
+    let (_s, hub_client) = client("hub", &w.hub);
+    let target = peer(&format!("https://{addr}"), SMOC_SA);
+    let tc = TraceContext::new_root();
+    let small = hub_client
+        .call("smoc", &target, Method::GET, "/small", None, &tc)
+        .await
+        .expect("small body");
+    assert_eq!(small.body, b"ok");
+    let r = hub_client
+        .call("smoc", &target, Method::GET, "/huge", None, &tc)
+        .await;
+    match r {
+        Err(e) => assert!(e.to_string().contains("exceeds"), "{e}"),
+        Ok(resp) => panic!("read a {} byte body", resp.body.len()),
+    }
+    let _ = tx.send(true);
+    let _ = server.await;
+}
