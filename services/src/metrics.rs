@@ -150,6 +150,13 @@ impl Metrics {
         }
     }
 
+    /// A request method as a label value: one of a fixed set, anything else `OTHER` (a client
+    /// choosing method names must not create series without limit).
+    pub fn method_label(method: &str) -> &'static str {
+        const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+        KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER")
+    }
+
     pub fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()

@@ -234,7 +234,7 @@ async fn trace_and_count(
             .requests
             .get_or_create(&Metrics::labels(&[
                 ("route", &route),
-                ("method", &method),
+                ("method", Metrics::method_label(&method)),
                 ("status", &status),
             ]))
             .inc();
@@ -675,6 +675,35 @@ mod tests {
         assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
         let _ = tx.send(true);
         let _ = server.await;
+    }
+
+    /// Attack: every request with a new method name created a metric series, without limit.
+    #[tokio::test]
+    async fn random_methods_create_a_bounded_number_of_series() {
+        use rand::Rng;
+        let metrics = Arc::new(Metrics::new("t"));
+        let app = Router::new().route("/v1/x", get(|| async { "ok" })).layer(
+            middleware::from_fn_with_state(metrics.clone(), trace_and_count),
+        );
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let method: String = (0..8)
+                .map(|_| char::from(rng.random_range(b'A'..=b'Z')))
+                .collect();
+            let req = Request::builder()
+                .method(method.as_str())
+                .uri("/v1/x")
+                .body(Body::empty())
+                .expect("request");
+            let _ = app.clone().oneshot(req).await;
+        }
+        let series = metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("mpm_http_requests_total{"))
+            .count();
+        assert!(series <= 2, "{series} series");
+        assert!(metrics.encode().contains("method=\"OTHER\""));
     }
 
     #[test]
