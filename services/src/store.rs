@@ -356,6 +356,70 @@ impl Store {
     }
 }
 
+/// Items a list endpoint answers when the caller names no `limit` (contract: list limits).
+pub const DEFAULT_LIST_LIMIT: usize = 500;
+/// The largest `limit` a list endpoint accepts.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// The query of a list endpoint: `?limit=N&continue=<token from the previous page>`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<String>,
+    #[serde(rename = "continue")]
+    pub continue_after: Option<String>,
+}
+
+impl ListQuery {
+    /// The page size asked for, or why it is refused (`400`).
+    pub fn limit(&self) -> Result<usize, String> {
+        match self.limit.as_deref() {
+            None | Some("") => Ok(DEFAULT_LIST_LIMIT),
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "limit={raw:?} must be a number from 1 to {MAX_LIST_LIMIT}"
+                )),
+            },
+        }
+    }
+}
+
+/// A list answer: `{"items": [...], "continue": "<token>"}`, `continue` only when more follow.
+pub fn list_body(items: Vec<serde_json::Value>, next: Option<String>) -> serde_json::Value {
+    let mut body = serde_json::json!({ "items": items });
+    if let Some(token) = next {
+        body["continue"] = serde_json::Value::String(token);
+    }
+    body
+}
+
+impl Store {
+    /// One page of a list endpoint: up to `limit` values with keys after `after`, and the key to
+    /// continue after when more follow. A row that cannot be decoded is left out with an error
+    /// log (it does not make the whole list fail).
+    pub fn list_page(
+        &self,
+        table: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<serde_json::Value>, Option<String>), StoreError> {
+        let raw = self.page_raw(table, after, limit.saturating_add(1))?;
+        let more = raw.len() > limit;
+        let mut items = Vec::with_capacity(raw.len().min(limit));
+        let mut last = None;
+        for (key, bytes) in raw.into_iter().take(limit) {
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => items.push(v),
+                Err(e) => {
+                    tracing::error!(table, key = %key, error = %e, "stored row cannot be decoded; left out of the list")
+                }
+            }
+            last = Some(key);
+        }
+        Ok((items, if more { last } else { None }))
+    }
+}
+
 /// A monotonic, sortable key for queues (outbox, dead letters): nanoseconds plus a counter.
 pub fn queue_key() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -439,6 +503,40 @@ mod tests {
         assert_eq!(
             s.page_raw("q_quarantine", None, 10).expect("raw"),
             vec![("a".to_string(), b"{not json".to_vec())]
+        );
+    }
+
+    #[test]
+    fn lists_come_in_bounded_pages() {
+        let q = |limit: Option<&str>| ListQuery {
+            limit: limit.map(String::from),
+            continue_after: None,
+        };
+        assert_eq!(q(None).limit(), Ok(DEFAULT_LIST_LIMIT));
+        assert_eq!(q(Some("1000")).limit(), Ok(1000));
+        for bad in ["0", "1001", "-1", "x", "99999999999999999999999"] {
+            assert!(q(Some(bad)).limit().is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), "t.redb").expect("open");
+        for k in ["a", "b", "c"] {
+            s.put_json("m", k, &k).expect("put");
+        }
+        s.write_batch("m", &[("bb".into(), b"{bad".to_vec())], &[])
+            .expect("corrupt row");
+        let (items, next) = s.list_page("m", None, 2).expect("page");
+        assert_eq!(items, vec![serde_json::json!("a"), serde_json::json!("b")]);
+        assert_eq!(next.as_deref(), Some("b"));
+        let (items, next) = s.list_page("m", Some("b"), 2).expect("page");
+        assert_eq!(
+            items,
+            vec![serde_json::json!("c")],
+            "the corrupt row is left out"
+        );
+        assert_eq!(next, None);
+        assert_eq!(
+            list_body(vec![], Some("b".into())),
+            serde_json::json!({"items": [], "continue": "b"})
         );
     }
 

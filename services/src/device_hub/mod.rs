@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::server::{
     internal_error, json_error, start_common, RequestTrace, Running, ServerError, ServiceContext,
 };
-use crate::store::{queue_key, Store, StoreError, WriteOp};
+use crate::store::{list_body, queue_key, ListQuery, Store, StoreError, WriteOp};
 use crate::util::{rfc3339, uuid_like, TraceContext};
 
 mod outbox;
@@ -471,12 +471,18 @@ async fn batch_delete(
     }
 }
 
-async fn list_meters(State(hub): State<Arc<Hub>>) -> Response {
-    match hub.store.run(|s| s.list_json::<MeterRecord>(METERS)).await {
-        Ok(items) => Json(serde_json::json!({
-            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
-        }))
-        .into_response(),
+async fn list_meters(State(hub): State<Arc<Hub>>, Query(q): Query<ListQuery>) -> Response {
+    let limit = match q.limit() {
+        Ok(l) => l,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let after = q.continue_after;
+    match hub
+        .store
+        .run(move |s| s.list_page(METERS, after.as_deref(), limit))
+        .await
+    {
+        Ok((items, next)) => Json(list_body(items, next)).into_response(),
         Err(e) => internal_error(e),
     }
 }
