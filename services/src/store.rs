@@ -85,6 +85,31 @@ pub fn seq_key(n: u64) -> String {
     format!("s{n:020}")
 }
 
+/// redb's page cache when `MPM_STORE_CACHE_MIB` is not set: 16 MiB, well inside a 128 MiB pod
+/// (redb's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+/// The environment variable that sets the cache size in MiB (1..=1024).
+pub const CACHE_ENV: &str = "MPM_STORE_CACHE_MIB";
+
+/// The cache size for `MPM_STORE_CACHE_MIB`'s value: the default when unset or not a number of
+/// MiB in 1..=1024 (logged).
+pub fn cache_bytes(env: Option<&str>) -> usize {
+    match env.map(str::trim) {
+        None | Some("") => DEFAULT_CACHE_BYTES,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(mib) if (1..=1024).contains(&mib) => mib << 20,
+            _ => {
+                tracing::warn!(
+                    value = raw,
+                    default_mib = DEFAULT_CACHE_BYTES >> 20,
+                    "{CACHE_ENV} must be 1..1024; using the default"
+                );
+                DEFAULT_CACHE_BYTES
+            }
+        },
+    }
+}
+
 /// A redb database holding JSON values in string-keyed tables.
 #[derive(Clone)]
 pub struct Store {
@@ -106,10 +131,14 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(file);
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            source: e.into(),
-        })?;
+        let cache = cache_bytes(std::env::var(CACHE_ENV).ok().as_deref());
+        let db = Database::builder()
+            .set_cache_size(cache)
+            .create(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
         Ok(Self {
             db: Arc::new(db),
             path,
@@ -504,6 +533,15 @@ mod tests {
             s.page_raw("q_quarantine", None, 10).expect("raw"),
             vec![("a".to_string(), b"{not json".to_vec())]
         );
+    }
+
+    #[test]
+    fn the_cache_fits_a_small_pod() {
+        assert_eq!(cache_bytes(None), 16 << 20);
+        assert_eq!(cache_bytes(Some("64")), 64 << 20);
+        for bad in ["0", "4096", "lots", "-1"] {
+            assert_eq!(cache_bytes(Some(bad)), DEFAULT_CACHE_BYTES, "{bad}");
+        }
     }
 
     #[test]
