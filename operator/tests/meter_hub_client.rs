@@ -359,6 +359,38 @@ async fn server_with_another_identity_is_refused() {
     assert_eq!(seen.puts.load(Ordering::SeqCst), 0);
 }
 
+/// Attack: a server certificate from the trusted CA carrying device-hub's SPIFFE ID and another
+/// URI SAN. X509-SVID allows exactly one; before the fix any matching URI was enough.
+#[tokio::test]
+async fn server_with_several_uri_sans_is_refused() {
+    let pki = Pki::new();
+    for ids in [
+        [
+            "spiffe://cluster.local/ns/park/sa/demo-smoc-service",
+            HUB_ID,
+        ],
+        [HUB_ID, "https://example.org/"],
+    ] {
+        let mut two = pki.leaf(ids[0]);
+        let mut params =
+            CertificateParams::new(vec!["demo-device-hub.park.svc".to_string()]).expect("params");
+        for id in ids {
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.try_into().expect("uri")));
+        }
+        let key = KeyPair::generate().expect("key");
+        two.cert_pem = params.signed_by(&key, &pki.ca).expect("leaf").pem();
+        two.key_pem = key.serialize_pem();
+        let (addr, seen, _) = serve(&pki, two, true).await;
+        let client = client(&pki, addr, ClientSettings::default());
+        let err = client.put(payload("SN-1")).await.expect_err("two URI SANs");
+        assert!(matches!(err, HubError::Handshake { .. }), "{ids:?}: {err}");
+        assert_eq!(seen.puts.load(Ordering::SeqCst), 0);
+        assert!(seen.batches.lock().expect("lock").is_empty());
+    }
+}
+
 #[tokio::test]
 async fn server_from_another_ca_is_refused() {
     let pki = Pki::new();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -38,9 +38,15 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
+    #[error("{addr} answered a body that exceeds {limit} bytes")]
+    BodyTooLarge { addr: String, limit: usize },
     #[error(transparent)]
     TlsConfig(#[from] crate::tls::TlsError),
 }
+
+/// The most bytes of a peer's answer a call reads: beyond it the call fails
+/// ([`ClientError::BodyTooLarge`]) instead of buffering whatever the peer sends.
+pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
 impl ClientError {
     /// Worth retrying (transport errors, 5xx, 408, 429)?
@@ -49,7 +55,10 @@ impl ClientError {
             ClientError::Status { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            ClientError::Url(_) | ClientError::TlsConfig(_) | ClientError::CircuitOpen(_) => false,
+            ClientError::Url(_)
+            | ClientError::TlsConfig(_)
+            | ClientError::CircuitOpen(_)
+            | ClientError::BodyTooLarge { .. } => false,
             _ => true,
         }
     }
@@ -414,13 +423,29 @@ impl MtlsClient {
                 reason: e.to_string(),
             })?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
+        let too_large = || ClientError::BodyTooLarge {
+            addr: addr.clone(),
+            limit: MAX_RESPONSE_BYTES,
+        };
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+            return Err(too_large());
+        }
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|e| ClientError::Http {
-                addr: addr.clone(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    ClientError::Http {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    }
+                }
             })?
             .to_bytes()
             .to_vec();

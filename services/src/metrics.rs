@@ -23,6 +23,8 @@ pub struct Metrics {
     pub outgoing: Family<Labels, Counter>,
     pub dead_letters: Gauge,
     pub outbox: Gauge,
+    pub outbox_parked: Counter,
+    pub store_quarantined: Family<Labels, Counter>,
     pub jwks_fetches: Family<Labels, Counter>,
     pub jwks_keys: Gauge,
     pub jwks_last_success: Gauge,
@@ -99,6 +101,18 @@ impl Metrics {
             "Messages waiting in the outbox",
             outbox.clone(),
         );
+        let outbox_parked = Counter::default();
+        registry.register(
+            "outbox_parked",
+            "Outbox items moved to outbox_parked after too many refusals or too long a wait",
+            outbox_parked.clone(),
+        );
+        let store_quarantined = Family::<Labels, Counter>::default();
+        registry.register(
+            "store_quarantined",
+            "Stored rows that could not be decoded, moved to <table>_quarantine, by table",
+            store_quarantined.clone(),
+        );
         let jwks_fetches = Family::<Labels, Counter>::default();
         registry.register(
             "jwks_fetches",
@@ -135,11 +149,20 @@ impl Metrics {
             outgoing,
             dead_letters,
             outbox,
+            outbox_parked,
+            store_quarantined,
             jwks_fetches,
             jwks_keys,
             jwks_last_success,
             ingest_refusals,
         }
+    }
+
+    /// A request method as a label value: one of a fixed set, anything else `OTHER` (a client
+    /// choosing method names must not create series without limit).
+    pub fn method_label(method: &str) -> &'static str {
+        const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+        KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER")
     }
 
     pub fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -30,6 +30,12 @@ use crate::util::TraceContext;
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one listener serves at once. Over the cap the listener stops accepting until one
+/// ends: new connections wait in the kernel's backlog (and time out there) instead of each taking
+/// a task, buffers and a TLS session of a 128 MiB pod.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time a connection has to send a request's headers (hyper's slow-loris guard, explicit here).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -233,7 +239,7 @@ async fn trace_and_count(
             .requests
             .get_or_create(&Metrics::labels(&[
                 ("route", &route),
-                ("method", &method),
+                ("method", Metrics::method_label(&method)),
                 ("status", &status),
             ]))
             .inc();
@@ -367,7 +373,7 @@ pub async fn serve_https(
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         metrics,
     };
-    serve(listener, transport, app, shutdown, drain).await
+    serve(listener, transport, app, shutdown, drain, MAX_CONNECTIONS).await
 }
 
 /// Serves a plain-HTTP router until `shutdown` flips, then drains in-flight connections for at
@@ -378,7 +384,15 @@ pub async fn serve_plain(
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<(), ServerError> {
-    serve(listener, Transport::Plain, app, shutdown, drain).await
+    serve(
+        listener,
+        Transport::Plain,
+        app,
+        shutdown,
+        drain,
+        MAX_CONNECTIONS,
+    )
+    .await
 }
 
 /// The accept loop both listeners share. Every connection is a task of one `JoinSet`, and this
@@ -392,6 +406,7 @@ async fn serve(
     app: Router,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    max_connections: usize,
 ) -> Result<(), ServerError> {
     let mut conns: JoinSet<()> = JoinSet::new();
     loop {
@@ -401,7 +416,8 @@ async fn serve(
         tokio::select! {
             _ = shutdown.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {},
-            accepted = listener.accept() => {
+            // At the cap, only a connection ending (above) lets the loop accept again.
+            accepted = listener.accept(), if conns.len() < max_connections => {
                 let (tcp, remote) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
@@ -497,6 +513,7 @@ async fn serve_http1<I>(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -630,6 +647,74 @@ mod tests {
             r#"{{"version": 1, "peers": [{{"spiffeId": "{HUB}", "methods": ["GET"], "pathPrefixes": ["/v1/"]}}]}}"#
         );
         Acl::parse(doc.as_bytes()).expect("valid acl")
+    }
+
+    /// Attack: a client opening connections without end (idle, or slow) took a task and buffers
+    /// each, without limit. Over the cap the listener now waits until a connection ends.
+    #[tokio::test]
+    async fn a_listener_serves_at_most_its_cap_of_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = watch::channel(false);
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let server = tokio::spawn(serve(
+            listener,
+            Transport::Plain,
+            app,
+            rx,
+            Duration::from_secs(1),
+            2,
+        ));
+        let idle1 = tokio::net::TcpStream::connect(addr).await.expect("idle 1");
+        let _idle2 = tokio::net::TcpStream::connect(addr).await.expect("idle 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = tokio::net::TcpStream::connect(addr).await.expect("backlog");
+        third
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let early =
+            tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut buf)).await;
+        assert!(early.is_err(), "served over the cap: {buf:?}");
+        drop(idle1);
+        tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut buf))
+            .await
+            .expect("served once a connection ended")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+        let _ = tx.send(true);
+        let _ = server.await;
+    }
+
+    /// Attack: every request with a new method name created a metric series, without limit.
+    #[tokio::test]
+    async fn random_methods_create_a_bounded_number_of_series() {
+        use rand::Rng;
+        let metrics = Arc::new(Metrics::new("t"));
+        let app = Router::new().route("/v1/x", get(|| async { "ok" })).layer(
+            middleware::from_fn_with_state(metrics.clone(), trace_and_count),
+        );
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let method: String = (0..8)
+                .map(|_| char::from(rng.random_range(b'A'..=b'Z')))
+                .collect();
+            let req = Request::builder()
+                .method(method.as_str())
+                .uri("/v1/x")
+                .body(Body::empty())
+                .expect("request");
+            let _ = app.clone().oneshot(req).await;
+        }
+        let series = metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("mpm_http_requests_total{"))
+            .count();
+        assert!(series <= 2, "{series} series");
+        assert!(metrics.encode().contains("method=\"OTHER\""));
     }
 
     #[test]

@@ -78,10 +78,83 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     })
 }
 
-/// The SPIFFE ID (first `spiffe://` URI SAN) of the end-entity certificate of a peer chain.
+/// Checks one SPIFFE ID as X509-SVID requires (SPIFFE-ID spec §2): scheme `spiffe://`, a non-empty
+/// trust domain of `[a-z0-9.-_]` (so no userinfo or port), a path of non-empty segments of
+/// `[A-Za-z0-9.-_]` that are not `.` or `..`, no trailing `/`, no query or fragment, at most 2048
+/// bytes.
+pub fn validate_spiffe_id(uri: &str) -> Result<(), String> {
+    if uri.len() > 2048 {
+        return Err(format!("SPIFFE ID is {} bytes; at most 2048", uri.len()));
+    }
+    let rest = uri
+        .strip_prefix("spiffe://")
+        .ok_or("SPIFFE ID must start with spiffe://")?;
+    let (td, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if td.is_empty() {
+        return Err("SPIFFE ID has an empty trust domain".into());
+    }
+    if let Some(c) = td
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "SPIFFE ID trust domain may only hold [a-z0-9.-_], found {c:?} (no userinfo, port, query or fragment)"
+        ));
+    }
+    if path.is_empty() {
+        return Ok(());
+    }
+    for segment in path[1..].split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!(
+                "SPIFFE ID path segment {segment:?} must not be empty, '.' or '..'"
+            ));
+        }
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        {
+            return Err(format!(
+                "SPIFFE ID path may only hold [A-Za-z0-9.-_/], found {c:?} (no query or fragment)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The SPIFFE ID of an X509-SVID: the certificate must carry exactly one URI SAN, and it must be a
+/// valid SPIFFE ID. A certificate with several URI SANs (one of them matching) is refused.
+pub fn svid_spiffe_id(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("unreadable subjectAltName: {e}"))?
+        .ok_or("certificate has no subjectAltName")?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [uri] => validate_spiffe_id(uri).map(|()| (*uri).to_string()),
+        _ => Err(format!(
+            "an X509-SVID must carry exactly one URI SAN; found {}",
+            uris.len()
+        )),
+    }
+}
+
+/// The SPIFFE ID of the end-entity certificate of a peer chain: `None` unless it carries exactly
+/// one URI SAN and that is a valid SPIFFE ID.
 pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Option<String> {
-    let leaf = chain.first()?;
-    cert_info(leaf.as_ref()).ok()?.spiffe_ids.into_iter().next()
+    svid_spiffe_id(chain.first()?.as_ref()).ok()
 }
 
 /// The service's own certificate and key.
@@ -248,9 +321,19 @@ impl ClientCertVerifier for StoreClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()?
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified =
+            self.current()?
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+        // The ACL keys on the SPIFFE ID: a certificate without exactly one valid one is refused
+        // here, not left to be mistaken for another identity (or for an anonymous caller).
+        if let Err(reason) = svid_spiffe_id(end_entity.as_ref()) {
+            tracing::warn!(%reason, "client certificate is no X509-SVID");
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -318,16 +401,20 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let ids = cert_info(end_entity.as_ref())
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?
-            .spiffe_ids;
-        if ids.iter().any(|id| id == &self.expected) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            tracing::warn!(expected = %self.expected, presented = ?ids, "server SPIFFE ID mismatch");
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ))
+        match svid_spiffe_id(end_entity.as_ref()) {
+            Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Ok(id) => {
+                tracing::warn!(expected = %self.expected, presented = %id, "server SPIFFE ID mismatch");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                ))
+            }
+            Err(reason) => {
+                tracing::warn!(expected = %self.expected, %reason, "server certificate is no X509-SVID");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                ))
+            }
         }
     }
 
@@ -403,4 +490,69 @@ pub fn client_config(
         .with_client_cert_resolver(Arc::new(StoreCertResolver(store)));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spiffe_ids_follow_the_x509_svid_rules() {
+        for ok in [
+            "spiffe://cluster.local/ns/park/sa/demo-device-hub",
+            "spiffe://example.org",
+            "spiffe://a_b-c.d/x.y/Z_9",
+        ] {
+            assert_eq!(validate_spiffe_id(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://cluster.local/ns/x",
+            "spiffe://",
+            "spiffe:///ns/x",
+            "spiffe://user@cluster.local/ns/x",
+            "spiffe://cluster.local:8443/ns/x",
+            "spiffe://Cluster.local/ns/x",
+            "spiffe://cluster.local/ns/x?q=1",
+            "spiffe://cluster.local/ns/x#frag",
+            "spiffe://cluster.local/ns//x",
+            "spiffe://cluster.local/ns/./x",
+            "spiffe://cluster.local/ns/../x",
+            "spiffe://cluster.local/ns/x/",
+            "spiffe://cluster.local/ns/%41",
+        ] {
+            assert!(validate_spiffe_id(bad).is_err(), "{bad}");
+        }
+        assert!(validate_spiffe_id(&format!("spiffe://a/{}", "x".repeat(2048))).is_err());
+    }
+
+    fn cert_with_uris(uris: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().expect("ia5")))
+            .collect();
+        params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn an_svid_carries_exactly_one_uri_san() {
+        let hub = "spiffe://cluster.local/ns/park/sa/demo-device-hub";
+        assert_eq!(svid_spiffe_id(&cert_with_uris(&[hub])), Ok(hub.to_string()));
+        for uris in [
+            vec![hub, "spiffe://cluster.local/ns/park/sa/evil"],
+            vec!["spiffe://cluster.local/ns/park/sa/evil", hub],
+            vec![hub, "https://example.org/"],
+            vec![],
+            vec!["spiffe://cluster.local/ns/park/sa/x?y"],
+        ] {
+            let der = cert_with_uris(&uris);
+            assert!(svid_spiffe_id(&der).is_err(), "{uris:?}");
+            assert_eq!(
+                peer_spiffe_id(&[CertificateDer::from(der)]),
+                None,
+                "{uris:?}"
+            );
+        }
+    }
 }

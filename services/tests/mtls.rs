@@ -355,3 +355,125 @@ async fn rotation_of_leaf_and_ca_under_load_has_zero_failures() {
     hub.stop().await;
     smoc.stop().await;
 }
+
+/// Attack: a certificate from the trusted CA carrying two URI SANs, one of them the identity the
+/// other side expects. X509-SVID allows exactly one; before the fix the caller was taken for
+/// device-hub (its first SPIFFE URI) and a server was accepted when any URI matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_with_several_uri_sans_are_refused_both_ways() {
+    let w = World::new();
+    let smoc = start_smoc(&w.smoc, w.smoc_config(None)).await;
+    let tc = TraceContext::new_root();
+    let two_sans = |first: String, second: String| {
+        w.ca.leaf_with(&first, |p| {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(second.try_into().expect("ia5")));
+        })
+    };
+
+    // Client side: a caller presenting device-hub's ID and another one.
+    let mallory = Mounts::new(w.dir.path(), "mallory");
+    mallory.set_identity(&two_sans(spiffe(HUB_SA), spiffe("mallory")));
+    mallory.set_bundle(&[&w.ca.pem]);
+    let (_s, mallory_client) = client("mallory", &mallory);
+    let r = mallory_client
+        .call(
+            "smoc",
+            &peer(&smoc.url(), SMOC_SA),
+            Method::PUT,
+            "/v1/devices/EVIL",
+            Some(b"{\"state\":\"Provisioned\"}".to_vec()),
+            &tc,
+        )
+        .await;
+    assert!(
+        r.is_err(),
+        "a two-URI certificate must not pass the handshake: {:?}",
+        r.map(|r| r.status)
+    );
+
+    // Server side: a server presenting another ID and smoc-service's.
+    let fake = Mounts::new(w.dir.path(), "fake-smoc");
+    fake.set_identity(&two_sans(spiffe("fake"), spiffe(SMOC_SA)));
+    fake.set_bundle(&[&w.ca.pem]);
+    fake.set_acl(&[(spiffe(HUB_SA).as_str(), &["PUT"], &["/v1/"])]);
+    let fake_smoc = start_smoc(&fake, w.smoc_config(None)).await;
+    let (_s, hub_client) = client("hub", &w.hub);
+    let r = hub_client
+        .call(
+            "smoc",
+            &peer(&fake_smoc.url(), SMOC_SA),
+            Method::PUT,
+            "/v1/devices/M1",
+            Some(b"{\"state\":\"Provisioned\"}".to_vec()),
+            &tc,
+        )
+        .await;
+    assert!(
+        r.is_err(),
+        "a server with two URI SANs must be refused: {:?}",
+        r.map(|r| r.status)
+    );
+    // The real one still works.
+    let r = hub_client
+        .call(
+            "smoc",
+            &peer(&smoc.url(), SMOC_SA),
+            Method::PUT,
+            "/v1/devices/M1",
+            Some(b"{\"state\":\"Provisioned\"}".to_vec()),
+            &tc,
+        )
+        .await
+        .expect("device-hub reaches smoc");
+    assert_eq!(r.status, 201);
+    fake_smoc.stop().await;
+    smoc.stop().await;
+}
+
+/// Attack: a peer (or anything holding a trusted certificate on its address) answering an endless
+/// body made the caller buffer all of it. Bodies are now read up to a bound and refused beyond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_answering_a_huge_body_is_cut_off() {
+    let w = World::new();
+    let metrics = Arc::new(mpm_services::metrics::Metrics::new("fake"));
+    let material =
+        mpm_services::reload::MaterialStore::new("fake", w.smoc.material_paths(), metrics.clone());
+    let tls = mpm_services::tls::server_config(material).expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new()
+        .route(
+            "/huge",
+            axum::routing::get(|| async { vec![b'x'; 64 << 20] }),
+        )
+        .route("/small", axum::routing::get(|| async { "ok" }));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(mpm_services::server::serve_https(
+        listener,
+        tls,
+        app,
+        metrics,
+        rx,
+        Duration::from_secs(1),
+    ));
+    let (_s, hub_client) = client("hub", &w.hub);
+    let target = peer(&format!("https://{addr}"), SMOC_SA);
+    let tc = TraceContext::new_root();
+    let small = hub_client
+        .call("smoc", &target, Method::GET, "/small", None, &tc)
+        .await
+        .expect("small body");
+    assert_eq!(small.body, b"ok");
+    let r = hub_client
+        .call("smoc", &target, Method::GET, "/huge", None, &tc)
+        .await;
+    match r {
+        Err(e) => assert!(e.to_string().contains("exceeds"), "{e}"),
+        Ok(resp) => panic!("read a {} byte body", resp.body.len()),
+    }
+    let _ = tx.send(true);
+    let _ = server.await;
+}

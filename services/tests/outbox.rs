@@ -156,3 +156,132 @@ fn outbox_pending(metrics: &str) -> u64 {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
 }
+
+async fn put_meter_via_hub(w: &World, hub: &Svc, serial: &str) {
+    let (_s, op) = client("op", &w.op);
+    let r = op
+        .call(
+            "device-hub",
+            &peer(&hub.url(), HUB_SA),
+            Method::PUT,
+            &format!("/v1/meters/{serial}"),
+            Some(meter(serial).to_string().into_bytes()),
+            &TraceContext::new_root(),
+        )
+        .await
+        .expect("put");
+    assert!(r.status == 201 || r.status == 200, "{}", r.status);
+}
+
+/// Waits (up to 60 s: the outbox backs off while smoc-service is down) until device-hub's outbox
+/// holds `pending` items.
+async fn outbox_reaches(hub: &Svc, pending: u64) -> bool {
+    for _ in 0..240 {
+        let (_, m) = http(hub.health, "GET", "/metrics", &[], b"").await;
+        if m.lines().any(|l| l.starts_with("mpm_outbox_pending{")) && outbox_pending(&m) == pending
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// The devices smoc-service stored (read from its store after it stopped).
+fn smoc_devices(w: &World) -> Vec<String> {
+    let store =
+        mpm_services::store::Store::open(&w.smoc.data_dir(), mpm_services::smoc::STORE_FILE)
+            .expect("open smoc store");
+    store
+        .list_json::<serde_json::Value>(mpm_services::smoc::DEVICES)
+        .expect("devices")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// Attack: one meter whose calls smoc-service keeps refusing (here: its ACL allows only serials
+/// starting with `A`) stalled every other meter's item behind it forever. Items of other meters
+/// now pass; the refused one stays queued (in order for its own meter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_refused_meter_does_not_stall_the_others() {
+    let w = World::new();
+    let hub_id = spiffe(HUB_SA);
+    w.smoc.set_acl(&[(
+        hub_id.as_str(),
+        &["GET", "PUT", "POST", "DELETE"],
+        &["/v1/devices/A"],
+    )]);
+    let (hub, smoc_addr) = start_hub_towards(&w).await;
+    put_meter_via_hub(&w, &hub, "B-1").await;
+    put_meter_via_hub(&w, &hub, "A-1").await;
+    assert!(outbox_reaches(&hub, 2).await, "both queued");
+    let smoc = start_smoc_at(&w.smoc, w.smoc_config(None), Some(smoc_addr)).await;
+    assert!(
+        outbox_reaches(&hub, 1).await,
+        "A-1 stalled behind the refused B-1"
+    );
+    hub.stop().await;
+    smoc.stop().await;
+    assert_eq!(smoc_devices(&w), vec!["A-1".to_string()]);
+    // B-1 stays queued, its refusal counted.
+    let store =
+        mpm_services::store::Store::open(&w.hub.data_dir(), mpm_services::device_hub::STORE_FILE)
+            .expect("reopen");
+    let left: Vec<(String, mpm_services::device_hub::OutboxItem)> = store
+        .list_json(mpm_services::device_hub::OUTBOX)
+        .expect("outbox");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.path, "/v1/devices/B-1");
+    assert!(left[0].1.attempts >= 1);
+}
+
+/// Attack: a stored outbox row that cannot be decoded (corrupt JSON) stopped the outbox for good.
+/// It is now moved to `outbox_quarantine` (bytes unchanged, counted, logged) and the rest flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_outbox_row_is_quarantined_not_blocking() {
+    let w = World::new();
+    {
+        let store = mpm_services::store::Store::open(
+            &w.hub.data_dir(),
+            mpm_services::device_hub::STORE_FILE,
+        )
+        .expect("open hub store");
+        store
+            .write_batch(
+                mpm_services::device_hub::OUTBOX,
+                &[("0".to_string(), b"{garbage".to_vec())],
+                &[],
+            )
+            .expect("garbage row");
+    }
+    let (hub, smoc_addr) = start_hub_towards(&w).await;
+    put_meter_via_hub(&w, &hub, "A-1").await;
+    assert!(
+        outbox_reaches(&hub, 1).await,
+        "the corrupt row is moved aside, A-1 queued"
+    );
+    let smoc = start_smoc_at(&w.smoc, w.smoc_config(None), Some(smoc_addr)).await;
+    assert!(
+        outbox_reaches(&hub, 0).await,
+        "A-1 stalled behind the corrupt row"
+    );
+    let (_, m) = http(hub.health, "GET", "/metrics", &[], b"").await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("mpm_store_quarantined_total{") && l.ends_with(" 1")),
+        "{m}"
+    );
+    hub.stop().await;
+    smoc.stop().await;
+    assert_eq!(smoc_devices(&w), vec!["A-1".to_string()]);
+    let store =
+        mpm_services::store::Store::open(&w.hub.data_dir(), mpm_services::device_hub::STORE_FILE)
+            .expect("reopen");
+    assert_eq!(
+        store
+            .page_raw("outbox_quarantine", None, 10)
+            .expect("quarantine"),
+        vec![("0".to_string(), b"{garbage".to_vec())]
+    );
+}

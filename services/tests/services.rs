@@ -240,6 +240,53 @@ async fn device_hub_api_idempotent_put_and_persistence_across_restart() {
             .map(|a| a.len()),
         Some(1)
     );
+    // Lists come in pages: `limit` (at most 1000) and a `continue` token while more follow.
+    for serial in ["MTR-2", "MTR-3"] {
+        let body = serde_json::json!({"serialNumber": serial, "manufacturer": "Acme", "model": "X1",
+            "protocol": "DLMS", "hesId": "hes-1", "desiredState": "Active"});
+        let r = op
+            .call(
+                "device-hub",
+                &p2,
+                Method::PUT,
+                &format!("/v1/meters/{serial}"),
+                Some(body.to_string().into_bytes()),
+                &tc,
+            )
+            .await
+            .expect("put");
+        assert_eq!(r.status, 201);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/meters?limit=2".to_string();
+    for _ in 0..3 {
+        let r = op
+            .call("device-hub", &p2, Method::GET, &path, None, &tc)
+            .await
+            .expect("page");
+        assert_eq!(r.status, 200);
+        let page = json(&String::from_utf8_lossy(&r.body));
+        let items = page["items"].as_array().expect("items").clone();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|m| m["serialNumber"].clone()));
+        match page["continue"].as_str() {
+            Some(token) => path = format!("/v1/meters?limit=2&continue={token}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["MTR-1", "MTR-2", "MTR-3"]);
+    let r = op
+        .call(
+            "device-hub",
+            &p2,
+            Method::GET,
+            "/v1/meters?limit=5000",
+            None,
+            &tc,
+        )
+        .await
+        .expect("too large a page");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     let (_, metrics) = http(hub.health, "GET", "/metrics", &[], b"").await;
     assert!(metrics.contains("mpm_outbox_pending"), "{metrics}");
     hub.stop().await;

@@ -31,6 +31,79 @@ pub fn spiffe_ids(der: &[u8]) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
+/// Checks one SPIFFE ID as X509-SVID requires (SPIFFE-ID spec §2): scheme `spiffe://`, a non-empty
+/// trust domain of `[a-z0-9.-_]` (so no userinfo or port), a path of non-empty segments of
+/// `[A-Za-z0-9.-_]` that are not `.` or `..`, no trailing `/`, no query or fragment, at most 2048
+/// bytes. (Same rules as the services' `tls::validate_spiffe_id`.)
+pub fn validate_spiffe_id(uri: &str) -> Result<(), String> {
+    if uri.len() > 2048 {
+        return Err(format!("SPIFFE ID is {} bytes; at most 2048", uri.len()));
+    }
+    let rest = uri
+        .strip_prefix("spiffe://")
+        .ok_or("SPIFFE ID must start with spiffe://")?;
+    let (td, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if td.is_empty() {
+        return Err("SPIFFE ID has an empty trust domain".into());
+    }
+    if let Some(c) = td
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "SPIFFE ID trust domain may only hold [a-z0-9.-_], found {c:?} (no userinfo, port, query or fragment)"
+        ));
+    }
+    if path.is_empty() {
+        return Ok(());
+    }
+    for segment in path[1..].split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!(
+                "SPIFFE ID path segment {segment:?} must not be empty, '.' or '..'"
+            ));
+        }
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        {
+            return Err(format!(
+                "SPIFFE ID path may only hold [A-Za-z0-9.-_/], found {c:?} (no query or fragment)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The SPIFFE ID of an X509-SVID: the certificate must carry exactly one URI SAN, and it must be a
+/// valid SPIFFE ID. A certificate with several URI SANs (one of them matching) is refused.
+pub fn svid_spiffe_id(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("unreadable subjectAltName: {e}"))?
+        .ok_or("certificate has no subjectAltName")?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [uri] => validate_spiffe_id(uri).map(|()| (*uri).to_string()),
+        _ => Err(format!(
+            "an X509-SVID must carry exactly one URI SAN; found {}",
+            uris.len()
+        )),
+    }
+}
+
 /// Verifies the server's chain against the hub's trust bundle (webpki) and requires its URI SAN to
 /// be the expected SPIFFE ID. The host name is deliberately not checked: identities are SPIFFE IDs.
 #[derive(Debug)]
@@ -57,15 +130,20 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let ids = spiffe_ids(end_entity.as_ref())
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if ids.iter().any(|id| id == &self.expected) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            tracing::warn!(expected = %self.expected, presented = ?ids, "device-hub SPIFFE ID mismatch");
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ))
+        match svid_spiffe_id(end_entity.as_ref()) {
+            Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Ok(id) => {
+                tracing::warn!(expected = %self.expected, presented = %id, "device-hub SPIFFE ID mismatch");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                ))
+            }
+            Err(reason) => {
+                tracing::warn!(expected = %self.expected, %reason, "device-hub certificate is no X509-SVID");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                ))
+            }
         }
     }
 
@@ -158,6 +236,29 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spiffe_ids_follow_the_x509_svid_rules() {
+        for ok in [
+            "spiffe://cluster.local/ns/park/sa/demo-device-hub",
+            "spiffe://example.org",
+        ] {
+            assert_eq!(validate_spiffe_id(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://cluster.local/ns/x",
+            "spiffe://",
+            "spiffe://user@cluster.local/ns/x",
+            "spiffe://cluster.local:8443/ns/x",
+            "spiffe://cluster.local/ns/x?q=1",
+            "spiffe://cluster.local/ns/x#frag",
+            "spiffe://cluster.local/ns//x",
+            "spiffe://cluster.local/ns/../x",
+            "spiffe://cluster.local/ns/x/",
+        ] {
+            assert!(validate_spiffe_id(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn client_config_reports_bad_material_without_content() {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -20,13 +20,13 @@ use crate::metrics::Metrics;
 use crate::server::{
     internal_error, json_error, start_common, RequestTrace, Running, ServerError, ServiceContext,
 };
-use crate::store::{queue_key, Store, StoreError, WriteOp};
+use crate::store::{list_body, queue_key, ListQuery, Store, StoreError, WriteOp};
 use crate::util::{rfc3339, uuid_like, TraceContext};
 
 mod outbox;
 
 use outbox::outbox_worker;
-pub use outbox::OutboxItem;
+pub use outbox::{OutboxItem, OutboxPolicy, PARKED, QUARANTINE};
 
 pub const SERVICE: &str = "device-hub";
 pub const STORE_FILE: &str = "device-hub.redb";
@@ -126,6 +126,8 @@ struct Hub {
     smoc: Option<PeerConfig>,
     write_lock: Mutex<()>,
     outbox_notify: Notify,
+    outbox_policy: OutboxPolicy,
+    event_retention: EventRetention,
     metrics: Arc<Metrics>,
 }
 
@@ -138,7 +140,7 @@ fn outbox_put(spec: &MeterRecord, trace: &TraceContext) -> Result<WriteOp, Store
         attempts: 0,
         enqueued_at: rfc3339(chrono::Utc::now()),
     };
-    WriteOp::put_json(OUTBOX, &queue_key(), &item)
+    WriteOp::enqueue_json(OUTBOX, &item)
 }
 
 /// What a `PUT` of `spec` does to the stored record `existing`: the answer's status (201 for a new
@@ -351,7 +353,7 @@ fn delete_ops(
         enqueued_at: rfc3339(chrono::Utc::now()),
     };
     ops.push(WriteOp::delete(METERS, serial));
-    ops.push(WriteOp::put_json(OUTBOX, &queue_key(), &item)?);
+    ops.push(WriteOp::enqueue_json(OUTBOX, &item)?);
     gone.insert(serial.to_string());
     Ok(())
 }
@@ -470,12 +472,18 @@ async fn batch_delete(
     }
 }
 
-async fn list_meters(State(hub): State<Arc<Hub>>) -> Response {
-    match hub.store.run(|s| s.list_json::<MeterRecord>(METERS)).await {
-        Ok(items) => Json(serde_json::json!({
-            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
-        }))
-        .into_response(),
+async fn list_meters(State(hub): State<Arc<Hub>>, Query(q): Query<ListQuery>) -> Response {
+    let limit = match q.limit() {
+        Ok(l) => l,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let after = q.continue_after;
+    match hub
+        .store
+        .run(move |s| s.list_page(METERS, after.as_deref(), limit))
+        .await
+    {
+        Ok((items, next)) => Json(list_body(items, next)).into_response(),
         Err(e) => internal_error(e),
     }
 }
@@ -532,6 +540,108 @@ async fn batch(
     }
 }
 
+/// The insertion-ordered index of [`EVENTS`] that retention prunes by.
+pub const EVENTS_INDEX: &str = "events_index";
+
+/// One entry of [`EVENTS_INDEX`]: which event, stored when.
+#[derive(Debug, Serialize, Deserialize)]
+struct EventIndexEntry {
+    key: String,
+    at: i64,
+}
+
+/// How many events device-hub keeps, and for how long (the oldest go first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRetention {
+    pub max_events: u64,
+    pub max_age: std::time::Duration,
+}
+
+impl Default for EventRetention {
+    fn default() -> Self {
+        Self {
+            max_events: 100_000,
+            max_age: std::time::Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Events removed per transaction while pruning.
+const PRUNE_BATCH: usize = 1000;
+/// How often the retention task prunes.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The writes that store one event: the event and its entry in [`EVENTS_INDEX`].
+fn event_ops(
+    ev: &NormalizedEvent,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<WriteOp>, StoreError> {
+    let key = format!("{}|{}|{}", ev.serial_number, ev.timestamp, queue_key());
+    let entry = EventIndexEntry {
+        key: key.clone(),
+        at: now.timestamp(),
+    };
+    Ok(vec![
+        WriteOp::put_json(EVENTS, &key, ev)?,
+        WriteOp::enqueue_json(EVENTS_INDEX, &entry)?,
+    ])
+}
+
+/// Removes the oldest events beyond `retention` (by count and by age), in transactions of at
+/// most [`PRUNE_BATCH`]; returns how many went.
+pub fn prune_events(
+    store: &Store,
+    retention: &EventRetention,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, StoreError> {
+    let oldest_kept =
+        now.timestamp() - i64::try_from(retention.max_age.as_secs()).unwrap_or(i64::MAX);
+    let mut removed = 0;
+    loop {
+        let excess = store.count(EVENTS)?.saturating_sub(retention.max_events);
+        let page = store.page_raw(EVENTS_INDEX, None, PRUNE_BATCH)?;
+        let mut ops = Vec::new();
+        let mut events = 0usize;
+        for (index_key, bytes) in &page {
+            let entry = serde_json::from_slice::<EventIndexEntry>(bytes).ok();
+            let expired = entry.as_ref().is_none_or(|e| e.at < oldest_kept);
+            if (events as u64) >= excess && !expired {
+                break;
+            }
+            ops.push(WriteOp::delete(EVENTS_INDEX, index_key));
+            if let Some(e) = entry {
+                ops.push(WriteOp::delete(EVENTS, &e.key));
+                events += 1;
+            }
+        }
+        if ops.is_empty() {
+            return Ok(removed);
+        }
+        store.apply(&ops)?;
+        removed += events;
+    }
+}
+
+/// Prunes events every [`PRUNE_EVERY`] until `shutdown` flips.
+async fn retention_worker(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let retention = hub.event_retention;
+    loop {
+        match hub
+            .store
+            .run(move |s| prune_events(s, &retention, chrono::Utc::now()))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned old events"),
+            Err(e) => tracing::error!(error = %e, "cannot prune events"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn post_event(
     State(hub): State<Arc<Hub>>,
     Extension(trace): Extension<RequestTrace>,
@@ -548,11 +658,7 @@ async fn post_event(
     let r = hub
         .store
         .run(move |s| {
-            let mut ops = vec![WriteOp::put_json(
-                EVENTS,
-                &format!("{}|{}|{}", ev.serial_number, ev.timestamp, queue_key()),
-                &ev,
-            )?];
+            let mut ops = event_ops(&ev, chrono::Utc::now())?;
             if ev.kind == EventKind::Reading {
                 let item = OutboxItem {
                     method: "POST".into(),
@@ -568,7 +674,7 @@ async fn post_event(
                     attempts: 0,
                     enqueued_at: rfc3339(chrono::Utc::now()),
                 };
-                ops.push(WriteOp::put_json(OUTBOX, &queue_key(), &item)?);
+                ops.push(WriteOp::enqueue_json(OUTBOX, &item)?);
             }
             s.apply(&ops)
         })
@@ -622,6 +728,8 @@ impl App {
                 smoc: ctx.config.peers.get("smoc-service").cloned(),
                 write_lock: Mutex::new(()),
                 outbox_notify: Notify::new(),
+                outbox_policy: OutboxPolicy::default(),
+                event_retention: EventRetention::default(),
                 metrics: ctx.metrics.clone(),
             }),
         })
@@ -644,6 +752,11 @@ pub async fn start(ctx: ServiceContext) -> Result<Running, ServerError> {
     let app = App::open(&ctx)?;
     let mut running = start_common(&ctx, app.router()).await?;
     let sd = ctx.shutdown.clone();
+    let (hub, sd2) = (app.hub.clone(), ctx.shutdown.clone());
+    running.tasks.spawn(async move {
+        retention_worker(hub, sd2).await;
+        Ok(())
+    });
     running.tasks.spawn(async move {
         app.run_outbox(sd).await;
         Ok(())
@@ -694,6 +807,96 @@ mod tests {
         assert_eq!(changed.record.provisioned_at, "t0");
         assert_eq!(changed.record.state, "Decommissioned");
         assert_eq!(changed.record.model, "E360");
+    }
+
+    /// Attack: events were stored forever, growing the volume without bound. The oldest now go
+    /// beyond the count limit, and any older than the age limit.
+    #[test]
+    fn events_beyond_the_retention_are_pruned_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "t.redb").expect("open");
+        let now = chrono::Utc::now();
+        let event = |i: usize| -> NormalizedEvent {
+            serde_json::from_value(serde_json::json!({"kind": "reading",
+                "serialNumber": format!("M-{}", i % 7), "timestamp": "2026-11-22T10:00:00Z",
+                "readingType": "0.0.0.1.1.1.12.0.0.0.0.0.0.0.0.3.72.0", "value": i as f64, "unit": "kWh"}))
+            .expect("event")
+        };
+        // 5 events from 10 days ago, then 2 500 recent ones.
+        let mut ops = Vec::new();
+        for i in 0..2505 {
+            let at = if i < 5 {
+                now - chrono::Duration::days(10)
+            } else {
+                now
+            };
+            ops.extend(event_ops(&event(i), at).expect("ops"));
+        }
+        store.apply(&ops).expect("store");
+        let retention = EventRetention {
+            max_events: 3000,
+            max_age: std::time::Duration::from_secs(7 * 24 * 3600),
+        };
+        assert_eq!(prune_events(&store, &retention, now).expect("prune"), 5);
+        assert_eq!(store.count(EVENTS).expect("count"), 2500);
+        let retention = EventRetention {
+            max_events: 1000,
+            ..retention
+        };
+        assert_eq!(prune_events(&store, &retention, now).expect("prune"), 1500);
+        assert_eq!(store.count(EVENTS).expect("count"), 1000);
+        assert_eq!(store.count(EVENTS_INDEX).expect("count"), 1000);
+        // The newest stay.
+        let values: Vec<f64> = store
+            .list_json::<NormalizedEvent>(EVENTS)
+            .expect("events")
+            .into_iter()
+            .filter_map(|(_, e)| e.value)
+            .collect();
+        assert!(values.iter().all(|v| *v >= 1505.0), "{values:?}");
+        assert_eq!(prune_events(&store, &retention, now).expect("prune"), 0);
+    }
+
+    /// Attack on the order: the PUT of a meter was queued while the clock ran an hour ahead; the
+    /// clock then stepped back and the DELETE was queued. Time-based keys delivered the DELETE
+    /// first (and the PUT then resurrected the meter in smoc-service).
+    #[test]
+    fn a_clock_step_back_keeps_the_delete_after_its_put() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "t.redb").expect("open");
+        let trace = TraceContext::from_header_or_new(None);
+        let record = plan_new(None, spec("S1", "E450")).record;
+        store.put_json(METERS, "S1", &record).expect("meter stored");
+        let ahead = chrono::Utc::now() + chrono::Duration::hours(1);
+        let put_key = format!(
+            "{:020}-{:06}",
+            ahead.timestamp_nanos_opt().expect("nanos"),
+            0
+        );
+        let put = outbox_put(&record, &trace)
+            .expect("item")
+            .value
+            .expect("bytes");
+        store
+            .write_batch(OUTBOX, &[(put_key, put)], &[])
+            .expect("queued under the clock ahead");
+        let mut ops = Vec::new();
+        delete_ops(
+            &store,
+            "S1",
+            &trace.header_value(),
+            &mut Default::default(),
+            &mut ops,
+        )
+        .expect("ops");
+        store.apply(&ops).expect("delete");
+        let methods: Vec<String> = store
+            .list_json::<OutboxItem>(OUTBOX)
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, i)| i.method)
+            .collect();
+        assert_eq!(methods, vec!["PUT".to_string(), "DELETE".to_string()]);
     }
 
     #[test]

@@ -16,10 +16,72 @@ use crate::client::{refused_for_good, ClientError};
 use crate::config::PeerConfig;
 use crate::retry::RoundBackoff;
 use crate::smoc::writes::BatchOp;
+use crate::store::WriteOp;
 use crate::util::TraceContext;
 
 /// Outbox items delivered per round (one batch), and deleted together after it.
 const OUTBOX_PAGE: usize = 100;
+
+/// Where items go that smoc-service kept refusing (see [`OutboxPolicy`]): kept for an operator,
+/// never silently dropped.
+pub const PARKED: &str = "outbox_parked";
+/// Where stored rows go that cannot be decoded (bytes unchanged).
+pub const QUARANTINE: &str = "outbox_quarantine";
+
+/// When an item that smoc-service keeps refusing (403, 404, 409, 5xx ...) leaves the queue for
+/// [`PARKED`], so it does not hold back its own meter forever. Items of other meters pass it
+/// anyway; failures to reach smoc-service at all do not count (an outage parks nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxPolicy {
+    /// Refusals after which an item is parked.
+    pub max_attempts: u32,
+    /// Age after which an item refused at least once is parked.
+    pub max_age: Duration,
+}
+
+impl Default for OutboxPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 50,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why `item` is parked now, if it is.
+pub fn park_reason(
+    item: &OutboxItem,
+    now: chrono::DateTime<chrono::Utc>,
+    policy: &OutboxPolicy,
+) -> Option<String> {
+    if item.attempts >= policy.max_attempts {
+        return Some(format!(
+            "refused {} times (limit {})",
+            item.attempts, policy.max_attempts
+        ));
+    }
+    let queued = chrono::DateTime::parse_from_rfc3339(&item.enqueued_at).ok()?;
+    let age = now.signed_duration_since(queued).to_std().ok()?;
+    (item.attempts > 0 && age > policy.max_age).then(|| {
+        format!(
+            "refused and queued for {}s (limit {}s)",
+            age.as_secs(),
+            policy.max_age.as_secs()
+        )
+    })
+}
+
+/// The meter an item belongs to: one meter's items go in order, other meters' items pass them.
+pub fn meter_of(item: &OutboxItem) -> String {
+    if let Some(serial) = item.path.strip_prefix("/v1/devices/") {
+        return serial.to_string();
+    }
+    item.body
+        .as_ref()
+        .and_then(|b| b.get("serialNumber"))
+        .and_then(|v| v.as_str())
+        .map_or_else(|| item.path.clone(), str::to_string)
+}
 
 /// A call to smoc-service waiting to be delivered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,27 +156,38 @@ struct ItemAnswer {
 struct Delivery {
     /// Keys of items delivered, or refused by smoc-service for good (logged and dropped).
     done: Vec<String>,
-    /// Stopped at an item smoc-service could not be reached for: the rest waits for backoff.
+    /// Items smoc-service did not take now, with their refusal counted: they stay, and hold back
+    /// the later items of their meter (not those of other meters) until the next round.
+    not_taken: Vec<(String, OutboxItem)>,
+    /// Meters with an item not taken this round.
+    blocked: std::collections::HashSet<String>,
+    /// smoc-service could not be reached: the rest waits for backoff.
     failed: bool,
 }
 
 impl Delivery {
-    /// Records smoc-service's answer for `item`; `false` when the item stays (and the round stops
-    /// there, to keep the order).
-    fn settle(&mut self, key: &str, item: &OutboxItem, status: u16, error: &str) -> bool {
+    /// Whether `item` waits because an earlier item of its meter was not taken.
+    fn holds_back(&self, item: &OutboxItem) -> bool {
+        !self.blocked.is_empty() && self.blocked.contains(&meter_of(item))
+    }
+
+    /// Records smoc-service's answer for `item`.
+    fn settle(&mut self, key: &str, item: &OutboxItem, status: u16, error: &str) {
         match Answer::of(status) {
             Answer::Stored => {}
             Answer::Refused => {
                 tracing::error!(path = %item.path, status, error, "smoc-service refused outbox item; dropping it");
             }
             Answer::NotNow => {
-                tracing::warn!(path = %item.path, status, error, "smoc-service did not take outbox item; retrying");
-                self.failed = true;
-                return false;
+                tracing::warn!(path = %item.path, status, error, attempts = item.attempts + 1, "smoc-service did not take outbox item; retrying");
+                self.blocked.insert(meter_of(item));
+                let mut counted = item.clone();
+                counted.attempts = counted.attempts.saturating_add(1);
+                self.not_taken.push((key.to_string(), counted));
+                return;
             }
         }
         self.done.push(key.to_string());
-        true
     }
 }
 
@@ -193,10 +266,10 @@ impl Outbox {
                 ))
             }
             Err(e) => {
-                self.record_failure(&page[0], &e).await;
+                record_failure(&page[0].1, &e);
                 return BatchOutcome::Delivered(Delivery {
-                    done: Vec::new(),
                     failed: true,
+                    ..Delivery::default()
                 });
             }
         };
@@ -211,14 +284,16 @@ impl Outbox {
             }
             Err(e) => return BatchOutcome::NotTaken(format!("unreadable answer: {e}")),
         };
-        // Items go in order: the first one not stored (and not refused for good) and all after it
-        // wait for the next round.
+        // Items go in order per meter: the first one of a meter not stored (and not refused for
+        // good) and its meter's items after it wait for the next round (sent again then, in
+        // order); other meters' items are settled.
         let mut delivery = Delivery::default();
         for ((key, item), result) in page.iter().zip(&answer.results) {
-            let error = result.error.as_deref().unwrap_or("");
-            if !delivery.settle(key, item, result.status, error) {
-                break;
+            if delivery.holds_back(item) {
+                continue;
             }
+            let error = result.error.as_deref().unwrap_or("");
+            delivery.settle(key, item, result.status, error);
         }
         BatchOutcome::Delivered(delivery)
     }
@@ -228,6 +303,9 @@ impl Outbox {
         for (key, item) in page {
             if *self.shutdown.borrow() {
                 break;
+            }
+            if delivery.holds_back(&item) {
+                continue;
             }
             let method =
                 http::Method::from_bytes(item.method.as_bytes()).unwrap_or(http::Method::POST);
@@ -245,12 +323,10 @@ impl Outbox {
             match outcome {
                 Ok(resp) => {
                     let body = String::from_utf8_lossy(&resp.body);
-                    if !delivery.settle(&key, &item, resp.status, &body) {
-                        break;
-                    }
+                    delivery.settle(&key, &item, resp.status, &body);
                 }
                 Err(e) => {
-                    self.record_failure(&(key, item), &e).await;
+                    record_failure(&item, &e);
                     delivery.failed = true;
                     break;
                 }
@@ -258,23 +334,71 @@ impl Outbox {
         }
         delivery
     }
-
-    /// Logs a failed delivery and counts the attempt on the item that failed.
-    async fn record_failure(&self, (key, item): &(String, OutboxItem), e: &ClientError) {
-        let permanent = !e.is_transient() && !matches!(e, ClientError::CircuitOpen(_));
-        tracing::warn!(path = %item.path, error = %e, permanent, "outbox delivery failed");
-        let mut updated = item.clone();
-        updated.attempts = updated.attempts.saturating_add(1);
-        let k = key.clone();
-        let _ = self
-            .hub
-            .store
-            .run(move |s| s.put_json(OUTBOX, &k, &updated))
-            .await;
-    }
 }
 
-/// Delivers outbox items in order; items smoc-service refuses for good (400, 413, 422) are dropped
+/// Logs a failed delivery. Not counted as a refusal: an outage of smoc-service parks nothing.
+fn record_failure(item: &OutboxItem, e: &ClientError) {
+    let permanent = !e.is_transient() && !matches!(e, ClientError::CircuitOpen(_));
+    tracing::warn!(path = %item.path, error = %e, permanent, "outbox delivery failed");
+}
+
+/// Reads the head of the outbox: rows that cannot be decoded are moved to [`QUARANTINE`]
+/// (counted, logged) and items refused too often to [`PARKED`]; the rest is returned, with
+/// whether the page was full.
+async fn next_page(hub: &Arc<Hub>) -> (Vec<(String, OutboxItem)>, bool) {
+    let raw = match hub
+        .store
+        .run(|s| s.page_raw(OUTBOX, None, OUTBOX_PAGE))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read outbox");
+            return (Vec::new(), false);
+        }
+    };
+    let full = raw.len() >= OUTBOX_PAGE;
+    let now = chrono::Utc::now();
+    let mut page = Vec::with_capacity(raw.len());
+    for (key, bytes) in raw {
+        let item = match serde_json::from_slice::<OutboxItem>(&bytes) {
+            Ok(item) => item,
+            Err(e) => {
+                let k = key.clone();
+                let moved = hub
+                    .store
+                    .run(move |s| s.move_row(OUTBOX, &k, QUARANTINE))
+                    .await;
+                hub.metrics
+                    .store_quarantined
+                    .get_or_create(&crate::metrics::Metrics::labels(&[("table", OUTBOX)]))
+                    .inc();
+                tracing::error!(key = %key, error = %e, bytes = bytes.len(), moved = ?moved.as_ref().map_err(ToString::to_string), to = QUARANTINE, "outbox row cannot be decoded; moved aside");
+                continue;
+            }
+        };
+        if let Some(reason) = park_reason(&item, now, &hub.outbox_policy) {
+            let ops = WriteOp::put_json(PARKED, &key, &item)
+                .map(|put| vec![put, WriteOp::delete(OUTBOX, &key)]);
+            let r = match ops {
+                Ok(ops) => hub.store.run(move |s| s.apply(&ops)).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => {
+                    hub.metrics.outbox_parked.inc();
+                    tracing::error!(key = %key, path = %item.path, attempts = item.attempts, %reason, to = PARKED, "smoc-service keeps refusing outbox item; parked");
+                }
+                Err(e) => tracing::error!(key = %key, error = %e, "cannot park outbox item"),
+            }
+            continue;
+        }
+        page.push((key, item));
+    }
+    (page, full)
+}
+
+/// Delivers outbox items in order;/// Delivers outbox items in order; items smoc-service refuses for good (400, 413, 422) are dropped
 /// with an error log, every other failure waits with backoff and is retried.
 pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) {
     let Some(smoc) = hub.smoc.clone() else {
@@ -293,17 +417,7 @@ pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>
         if *shutdown.borrow() {
             return;
         }
-        let pending = match hub
-            .store
-            .run(|s| s.range_json::<OutboxItem>(OUTBOX, "", None, OUTBOX_PAGE))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read outbox");
-                Vec::new()
-            }
-        };
+        let (pending, more) = next_page(&hub).await;
         match hub.store.run(|s| s.count(OUTBOX)).await {
             Ok(n) => {
                 hub.metrics.outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -311,15 +425,25 @@ pub(super) async fn outbox_worker(hub: Arc<Hub>, shutdown: watch::Receiver<bool>
             Err(e) => tracing::error!(error = %e, "cannot count the outbox"),
         }
         // A full page means more is waiting: go on without waiting for the next notification.
-        let more = pending.len() >= OUTBOX_PAGE;
-        let Delivery { done, mut failed } = outbox.deliver(pending).await;
+        let Delivery {
+            done,
+            not_taken,
+            mut failed,
+            ..
+        } = outbox.deliver(pending).await;
+        // An item not taken is retried after backoff (other meters' items went meanwhile).
+        failed |= !not_taken.is_empty();
+        let counted: Vec<(String, Vec<u8>)> = not_taken
+            .iter()
+            .filter_map(|(k, item)| Some((k.clone(), serde_json::to_vec(item).ok()?)))
+            .collect();
         // Delivered (or refused) items leave the outbox together, in one transaction per round:
         // a crash before that delivers them again, which smoc-service's idempotent calls allow.
-        if !done.is_empty() {
+        if !done.is_empty() || !counted.is_empty() {
             let delivered = done.len();
             if let Err(e) = hub
                 .store
-                .run(move |s| s.write_batch(OUTBOX, &[], &done))
+                .run(move |s| s.write_batch(OUTBOX, &counted, &done))
                 .await
             {
                 tracing::error!(error = %e, delivered, "cannot delete delivered outbox items; they will be delivered again");
@@ -404,11 +528,42 @@ mod tests {
         }
         let mut delivery = Delivery::default();
         let put = item("PUT", "/v1/devices/M-1", Some(json!({})));
-        assert!(delivery.settle("1", &put, 201, ""));
-        assert!(delivery.settle("2", &put, 400, "invalid serial"));
-        assert!(!delivery.settle("3", &put, 403, "not allowed"));
+        delivery.settle("1", &put, 201, "");
+        delivery.settle("2", &put, 400, "invalid serial");
+        delivery.settle("3", &put, 403, "not allowed");
         assert_eq!(delivery.done, vec!["1".to_string(), "2".to_string()]);
-        assert!(delivery.failed);
+        assert_eq!(delivery.not_taken.len(), 1);
+        assert_eq!(delivery.not_taken[0].1.attempts, 1);
+        // M-1's later items wait; another meter's pass.
+        assert!(delivery.holds_back(&item("DELETE", "/v1/devices/M-1", None)));
+        assert!(!delivery.holds_back(&item("PUT", "/v1/devices/M-2", Some(json!({})))));
+        assert!(delivery.holds_back(&item(
+            "POST",
+            "/v1/readings",
+            Some(json!({"serialNumber": "M-1"}))
+        )));
+    }
+
+    #[test]
+    fn items_refused_too_often_or_too_long_are_parked() {
+        let policy = OutboxPolicy {
+            max_attempts: 3,
+            max_age: Duration::from_secs(3600),
+        };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-23T05:30:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let mut it = item("PUT", "/v1/devices/M-1", Some(json!({})));
+        assert_eq!(park_reason(&it, now, &policy), None);
+        it.attempts = 3;
+        assert!(park_reason(&it, now, &policy).is_some_and(|r| r.contains("3 times")));
+        // Old but never refused (smoc-service was down): stays.
+        it.attempts = 0;
+        let later = now + chrono::Duration::hours(2);
+        assert_eq!(park_reason(&it, later, &policy), None);
+        it.attempts = 1;
+        assert!(park_reason(&it, later, &policy).is_some());
+        assert_eq!(park_reason(&it, now, &policy), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::jwt::JwtVerifier;
 use crate::server::{
     internal_error, json_error, peer_of, start_common, Running, ServerError, ServiceContext,
 };
-use crate::store::{Store, WriteOp};
+use crate::store::{list_body, ListQuery, Store, WriteOp};
 use crate::util::{parse_rfc3339, rfc3339_millis};
 use writes::{
     batch_statuses, batch_write, device_write, reading_write, valid_serial, DeviceWrite, Write,
@@ -230,16 +230,18 @@ async fn require_jwt(State(smoc): State<Arc<Smoc>>, req: Request, next: Next) ->
     }
 }
 
-async fn list_meters(State(smoc): State<Arc<Smoc>>) -> Response {
+async fn list_meters(State(smoc): State<Arc<Smoc>>, Query(q): Query<ListQuery>) -> Response {
+    let limit = match q.limit() {
+        Ok(l) => l,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let after = q.continue_after;
     match smoc
         .store
-        .run(|s| s.list_json::<serde_json::Value>(DEVICES))
+        .run(move |s| s.list_page(DEVICES, after.as_deref(), limit))
         .await
     {
-        Ok(items) => Json(serde_json::json!({
-            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
-        }))
-        .into_response(),
+        Ok((items, next)) => Json(list_body(items, next)).into_response(),
         Err(e) => internal_error(e),
     }
 }
