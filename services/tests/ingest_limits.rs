@@ -28,7 +28,14 @@ async fn hostile_ingest_documents_are_refused_naming_the_limit_and_the_connector
     let conn = start_connector(&w.conn, cfg).await;
     let ingest = conn.ingest.expect("ingest");
     let post = |ct: &'static str, body: Vec<u8>| async move {
-        http(ingest, "POST", "/ingest", &[("content-type", ct)], &body).await
+        http(
+            ingest,
+            "POST",
+            "/ingest",
+            &[("content-type", ct), ("authorization", INGEST_AUTH)],
+            &body,
+        )
+        .await
     };
 
     let nested = format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000));

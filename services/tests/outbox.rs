@@ -200,8 +200,8 @@ fn smoc_devices(w: &World) -> Vec<String> {
         .collect()
 }
 
-/// Attack: one meter whose calls smoc-service keeps refusing (here: its ACL allows only serials
-/// starting with `A`) stalled every other meter's item behind it forever. Items of other meters
+/// Attack: one meter whose calls smoc-service keeps refusing (here: its ACL allows only the path
+/// of `A-1`) stalled every other meter's item behind it forever. Items of other meters
 /// now pass; the refused one stays queued (in order for its own meter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_refused_meter_does_not_stall_the_others() {
@@ -210,7 +210,7 @@ async fn one_refused_meter_does_not_stall_the_others() {
     w.smoc.set_acl(&[(
         hub_id.as_str(),
         &["GET", "PUT", "POST", "DELETE"],
-        &["/v1/devices/A"],
+        &["/v1/devices/A-1"],
     )]);
     let (hub, smoc_addr) = start_hub_towards(&w).await;
     put_meter_via_hub(&w, &hub, "B-1").await;
