@@ -20,6 +20,8 @@ const SCENARIOS: &[&str] = &[
     "hostile-nested-xml-700k",
     "hostile-flat-xml-4m",
     "hostile-nested-json",
+    "readings-10000-shared-ids-at-max",
+    "hostile-shared-ids-64k",
 ];
 
 fn vm_hwm_kib() -> u64 {
@@ -88,6 +90,11 @@ fn document(name: &str) -> (&'static str, Vec<u8>) {
         "hostile-nested-xml-700k" => format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000)),
         "hostile-flat-xml-4m" => format!("<r>{}</r>", "<x/>".repeat(l.max_body_bytes / 4 - 3)),
         "hostile-nested-json" => format!("{}{}", "[".repeat(2_000_000), "]".repeat(2_000_000)),
+        // 10,000 interval readings of one meter and block: serial, ReadingType and MessageID (copied
+        // into every event) at their bounds (128 / 256 / 256 bytes) ...
+        "readings-10000-shared-ids-at-max" => shared_ids(128, 256, l.max_events),
+        // ... and at maxTextBytes each, which used to become 10,000 copies of 3 x 64 KiB.
+        "hostile-shared-ids-64k" => shared_ids(l.max_text_bytes, l.max_text_bytes, l.max_events),
         other => panic!("unknown scenario {other}"),
     };
     let ct = if name.contains("json") {
@@ -96,6 +103,17 @@ fn document(name: &str) -> (&'static str, Vec<u8>) {
         "application/xml"
     };
     (ct, body.into_bytes())
+}
+
+fn shared_ids(serial: usize, id: usize, readings: usize) -> String {
+    let reading = "<IntervalReadings><timeStamp>2026-11-22T10:15:00Z</timeStamp><value>1.5</value></IntervalReadings>";
+    format!(
+        "<MeterReadings><Header><MessageID>{}</MessageID></Header><MeterReading><Meter><Names><name>{}</name></Names></Meter><IntervalBlocks><ReadingType ref=\"{}\"/>{}</IntervalBlocks></MeterReading></MeterReadings>",
+        "m".repeat(id),
+        "S".repeat(serial),
+        "r".repeat(id),
+        reading.repeat(readings)
+    )
 }
 
 fn run(name: &str) {

@@ -603,6 +603,24 @@ fn normalize_ts(s: &str, what: &str) -> Result<String, IngestError> {
         .map_err(|e| IngestError::Invalid(format!("{what}: timestamp {s:?} is not RFC 3339: {e}")))
 }
 
+/// Longest serial number (device-hub accepts 1..128 bytes).
+pub const MAX_SERIAL_BYTES: usize = 128;
+/// Longest identifier that is copied into every event of its scope: a ReadingType, the header's
+/// MessageID/CorrelationID, an EndDeviceEventType. Without it a document's few long values would be
+/// multiplied by its event count (a 1 MiB body could become GiBs of events).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// `value` when it is at most `max` bytes, else `400` naming where and which field.
+fn bounded(value: String, max: usize, what: &str, field: &str) -> Result<String, IngestError> {
+    if value.len() > max {
+        return Err(IngestError::Invalid(format!(
+            "{what}: {field} is {} bytes, more than {max}",
+            value.len()
+        )));
+    }
+    Ok(value)
+}
+
 fn meter_serial(el: &Element) -> Option<String> {
     el.get("Meter/Names/name")
         .or_else(|| el.get("Meter/mRID"))
@@ -626,6 +644,7 @@ fn reading_event(
         .or_else(|| el.get("ReadingType"))
         .or(reading_type)
         .ok_or_else(|| IngestError::Invalid(format!("{what}: missing ReadingType ref")))?;
+    let rt = bounded(rt, MAX_ID_BYTES, what, "ReadingType")?;
     let ts = el
         .get("timeStamp")
         .ok_or_else(|| IngestError::Invalid(format!("{what}: missing timeStamp")))?;
@@ -670,7 +689,9 @@ fn walk(doc: &Element, limits: &Limits) -> Result<Vec<NormalizedEvent>, IngestEr
     let correlation = doc
         .find_all("Header")
         .first()
-        .and_then(|h| h.get("MessageID").or_else(|| h.get("CorrelationID")));
+        .and_then(|h| h.get("MessageID").or_else(|| h.get("CorrelationID")))
+        .map(|id| bounded(id, MAX_ID_BYTES, "Header", "MessageID/CorrelationID"))
+        .transpose()?;
     let mut out = Events {
         out: Vec::new(),
         max: limits.max_events,
@@ -680,6 +701,7 @@ fn walk(doc: &Element, limits: &Limits) -> Result<Vec<NormalizedEvent>, IngestEr
         let serial = meter_serial(mr).ok_or_else(|| {
             IngestError::Invalid(format!("{what}: missing Meter/mRID or Meter/Names/name"))
         })?;
+        let serial = bounded(serial, MAX_SERIAL_BYTES, &what, "serialNumber")?;
         let before = out.out.len();
         for (j, r) in mr.children_named("Readings").enumerate() {
             out.push(reading_event(
@@ -693,7 +715,12 @@ fn walk(doc: &Element, limits: &Limits) -> Result<Vec<NormalizedEvent>, IngestEr
         for (j, block) in mr.children_named("IntervalBlocks").enumerate() {
             let rt = block
                 .get("ReadingType/ref")
-                .or_else(|| block.get("ReadingType"));
+                .or_else(|| block.get("ReadingType"))
+                .map(|rt| {
+                    let at = format!("{what}.IntervalBlocks[{j}]");
+                    bounded(rt, MAX_ID_BYTES, &at, "ReadingType")
+                })
+                .transpose()?;
             for (k, r) in block.children_named("IntervalReadings").enumerate() {
                 out.push(reading_event(
                     &serial,
@@ -717,12 +744,14 @@ fn walk(doc: &Element, limits: &Limits) -> Result<Vec<NormalizedEvent>, IngestEr
                 "{what}: missing Assets/mRID, EndDevice/mRID or Names/name"
             ))
         })?;
+        let serial = bounded(serial, MAX_SERIAL_BYTES, &what, "serialNumber")?;
         let event_type = ev
             .get("EndDeviceEventType/ref")
             .or_else(|| ev.get("EndDeviceEventType"))
             .ok_or_else(|| {
                 IngestError::Invalid(format!("{what}: missing EndDeviceEventType ref"))
             })?;
+        let event_type = bounded(event_type, MAX_ID_BYTES, &what, "EndDeviceEventType")?;
         let ts = ev
             .get("createdDateTime")
             .ok_or_else(|| IngestError::Invalid(format!("{what}: missing createdDateTime")))?;
@@ -847,6 +876,68 @@ mod tests {
     </m:IntervalBlocks>
   </m:MeterReading>
 </m:MeterReadings>"#;
+
+    /// Bytes an event holds in its strings.
+    fn event_bytes(e: &NormalizedEvent) -> usize {
+        [
+            Some(&e.serial_number),
+            Some(&e.timestamp),
+            e.reading_type.as_ref(),
+            e.unit.as_ref(),
+            e.event_type.as_ref(),
+            e.reason.as_ref(),
+            e.correlation_id.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum()
+    }
+
+    /// A value shared by many events (the meter's serial, the interval block's ReadingType, the
+    /// header's MessageID) is copied into each of them: at maxTextBytes each, 10,000 interval
+    /// readings of a 1 MiB document became about 2 GiB of events. Such values are identifiers and
+    /// are refused beyond their contract length (serial 128 bytes, others 256), so the events
+    /// never take more than the body plus about 1 KiB each.
+    #[test]
+    fn shared_values_are_not_amplified_into_every_event() {
+        let long = "9".repeat(60_000);
+        let reading = "<IntervalReadings><timeStamp>2026-11-22T10:15:00Z</timeStamp><value>1</value></IntervalReadings>";
+        let doc = |serial: &str, rt: &str, id: &str, n: usize| {
+            format!(
+                "<MeterReadings><Header><MessageID>{id}</MessageID></Header><MeterReading><Meter><Names><name>{serial}</name></Names></Meter><IntervalBlocks><ReadingType ref=\"{rt}\"/>{}</IntervalBlocks></MeterReading></MeterReadings>",
+                reading.repeat(n)
+            )
+        };
+        let rt = "0.0.2.4.1.1.12.0.0.0.0.0.0.0.0.3.72.0";
+        let limits = Limits::default();
+        for (what, body) in [
+            ("serialNumber", doc(&long, rt, "m-1", 2_000)),
+            ("ReadingType", doc("MTR-1", &long, "m-1", 2_000)),
+            ("MessageID", doc("MTR-1", rt, &long, 2_000)),
+        ] {
+            match parse_events("application/xml", body.as_bytes(), &limits) {
+                Ok(events) => {
+                    let bytes: usize = events.iter().map(event_bytes).sum();
+                    assert!(
+                        bytes <= body.len() + events.len() * 1024,
+                        "{what}: a {} byte body became {bytes} bytes of events",
+                        body.len()
+                    );
+                }
+                Err(e) => {
+                    assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+                    assert!(e.to_string().contains(what), "{what}: {e}");
+                }
+            }
+        }
+        // At the contract lengths the document is accepted.
+        let ok = doc(&"S".repeat(128), &"r".repeat(256), &"m".repeat(256), 10);
+        assert_eq!(
+            parse_events("application/xml", ok.as_bytes(), &limits).map(|e| e.len()),
+            Ok(10)
+        );
+    }
 
     #[test]
     fn parses_meter_readings_xml() {
