@@ -2,7 +2,7 @@
 //! (no Docker). This test keeps it valid and honest without a cluster: it parses the workflow and
 //! checks that it creates the kind cluster with a NetworkPolicy-enforcing CNI (e2e/kind/up:
 //! default CNI disabled, Calico applied) and then runs the README's test command, `e2e/test`, with
-//! `KIND_CLUSTER` set, i.e. exactly the e2e crate (`MPM_E2E=1 cargo test -p mpm-e2e`) that runs on
+//! `KIND_CLUSTER` set, i.e. exactly the e2e crate (`MPM_E2E=1 cargo test -p mpm-e2e -- --ignored`) that runs on
 //! the local cluster. No `MPM_E2E` gate: nothing here touches a cluster.
 
 use std::path::{Path, PathBuf};
@@ -115,7 +115,9 @@ fn creates_kind_with_a_netpol_enforcing_cni_then_runs_e2e_test_with_kind_cluster
     // e2e/test with KIND_CLUSTER: no local cluster, images loaded into kind, the same e2e crate.
     let e2e_test = read("e2e/test");
     assert!(e2e_test.contains("if [ -z \"${KIND_CLUSTER:-}\" ]; then"));
-    assert!(e2e_test.contains("MPM_E2E=1 cargo test --locked -p mpm-e2e"));
+    assert!(e2e_test.contains("MPM_E2E=1 cargo test --locked -p mpm-e2e -- --ignored"));
+    // The L4 test runs exactly where the CNI enforces NetworkPolicy.
+    assert!(e2e_test.contains("[ \"${MPM_E2E_NETPOL_ENFORCED:-}\" = 1 ] || only_enforcing=(--skip denied_edges_are_blocked_at_l4)"));
     assert!(e2e_test.contains("helm install --check"));
     assert!(read("e2e/images.sh").contains("kind load docker-image --name \"$KIND_CLUSTER\""));
 }

@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
-use mpm_e2e::{client, condition, create, skip, wait_for, TestNamespace, OPERATOR_NAMESPACE};
+use mpm_e2e::{
+    client, condition, create, require_cluster, wait_for, TestNamespace, OPERATOR_NAMESPACE,
+};
 use mpm_operator::crd::DeviceHub;
 use serde_json::json;
 
 #[tokio::test]
+#[ignore = "needs a cluster: MPM_E2E=1 cargo test -p mpm-e2e -- --ignored (e2e/test runs it)"]
 async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
-    if skip("standby_takes_over_when_the_leader_dies") {
-        return Ok(());
-    }
+    require_cluster();
     let client = client().await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, LogParams, PostParams};
-use mpm_e2e::{client, skip, wait_for, TestNamespace, VERSION};
+use mpm_e2e::{client, require_cluster, wait_for, TestNamespace, VERSION};
 use serde_json::json;
 
 #[tokio::test]
+#[ignore = "needs a cluster: MPM_E2E=1 cargo test -p mpm-e2e -- --ignored (e2e/test runs it)"]
 async fn pod_reaches_the_api_server_and_resolves_services() -> anyhow::Result<()> {
-    if skip("smoke") {
-        return Ok(());
-    }
+    require_cluster();
     let client = client().await?;
     let ns = TestNamespace::create(&client, "mpm-smoke").await?;
     let result = run(&client, &ns.name).await;
