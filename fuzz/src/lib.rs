@@ -53,7 +53,7 @@ fn ingest(content_type: &str, data: &[u8]) {
                 );
                 // No value is multiplied into every event: the events hold about what the body
                 // held (each event's own fields) plus bounded identifiers.
-                let bytes: usize = events.iter().map(event_bytes).sum();
+                let bytes: usize = events.iter().map(iec::NormalizedEvent::string_bytes).sum();
                 assert!(
                     bytes <= data.len() + events.len() * 1024,
                     "a {} byte body became {bytes} bytes of events",
@@ -68,23 +68,6 @@ fn ingest(content_type: &str, data: &[u8]) {
             }
         }
     }
-}
-
-/// Bytes an event holds in its strings.
-fn event_bytes(e: &iec::NormalizedEvent) -> usize {
-    [
-        Some(&e.serial_number),
-        Some(&e.timestamp),
-        e.reading_type.as_ref(),
-        e.unit.as_ref(),
-        e.event_type.as_ref(),
-        e.reason.as_ref(),
-        e.correlation_id.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(String::len)
-    .sum()
 }
 
 /// `POST /ingest` with `Content-Type: application/xml`.

@@ -40,6 +40,23 @@ pub struct NormalizedEvent {
 }
 
 impl NormalizedEvent {
+    /// Bytes the event holds in its strings (what a document's events cost beyond their count).
+    pub fn string_bytes(&self) -> usize {
+        [
+            Some(&self.serial_number),
+            Some(&self.timestamp),
+            self.reading_type.as_ref(),
+            self.unit.as_ref(),
+            self.event_type.as_ref(),
+            self.reason.as_ref(),
+            self.correlation_id.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum()
+    }
+
     /// Checks required fields per kind; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.serial_number.trim().is_empty() {
@@ -877,23 +894,6 @@ mod tests {
   </m:MeterReading>
 </m:MeterReadings>"#;
 
-    /// Bytes an event holds in its strings.
-    fn event_bytes(e: &NormalizedEvent) -> usize {
-        [
-            Some(&e.serial_number),
-            Some(&e.timestamp),
-            e.reading_type.as_ref(),
-            e.unit.as_ref(),
-            e.event_type.as_ref(),
-            e.reason.as_ref(),
-            e.correlation_id.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(String::len)
-        .sum()
-    }
-
     /// A value shared by many events (the meter's serial, the interval block's ReadingType, the
     /// header's MessageID) is copied into each of them: at maxTextBytes each, 10,000 interval
     /// readings of a 1 MiB document became about 2 GiB of events. Such values are identifiers and
@@ -918,7 +918,7 @@ mod tests {
         ] {
             match parse_events("application/xml", body.as_bytes(), &limits) {
                 Ok(events) => {
-                    let bytes: usize = events.iter().map(event_bytes).sum();
+                    let bytes: usize = events.iter().map(NormalizedEvent::string_bytes).sum();
                     assert!(
                         bytes <= body.len() + events.len() * 1024,
                         "{what}: a {} byte body became {bytes} bytes of events",
