@@ -65,6 +65,14 @@ async fn lifecycle(client: &Client, ns: &str) -> anyhow::Result<()> {
             .as_deref(),
         Some("True")
     );
+    // No spec.hes.auth: the ingest port is closed, and the hub says so (naming the field).
+    let ingest = condition(&status, "IngestAuthenticated").unwrap_or_default();
+    assert_eq!(
+        (ingest.0.as_str(), ingest.1.as_str()),
+        ("False", "NotConfigured"),
+        "{status}"
+    );
+    assert!(ingest.2.contains("spec.hes.auth"), "{status}");
 
     // Every object of every service exists, owned by the hub.
     let uid = hubs.get("demo").await?.metadata.uid.unwrap_or_default();
@@ -326,5 +334,33 @@ async fn bad_input(client: &Client, ns: &str) -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(reason, "DurationTooShort");
+
+    // The HES token Secret does not exist: the hub names the field and the Secret.
+    hubs.create(
+        &PostParams::default(),
+        &hub(
+            "no-token",
+            json!({"hes": {"endpoint": "https://hes.example", "auth": {"tokenSecret": "hes-token-missing"}}}),
+        )?,
+    )
+    .await?;
+    let (reason, message) = wait_for(
+        "IngestAuthenticated=False SecretNotFound",
+        Duration::from_secs(60),
+        || async {
+            let status = hub_status(&hubs, "no-token").await?;
+            Ok(condition(&status, "IngestAuthenticated")
+                .filter(|c| c.0 == "False")
+                .map(|c| (c.1, c.2)))
+        },
+    )
+    .await?;
+    assert_eq!(reason, "SecretNotFound", "{message}");
+    assert!(
+        message.contains(&format!(
+            "spec.hes.auth.tokenSecret: Secret {ns}/hes-token-missing"
+        )),
+        "{message}"
+    );
     Ok(())
 }

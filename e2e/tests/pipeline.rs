@@ -68,11 +68,17 @@ async fn run(client: &Client, ns: &str) -> anyhow::Result<()> {
     }))
     .await?;
     let hubs: Api<DeviceHub> = Api::namespaced(client.clone(), ns);
-    wait_for("hub Ready", Duration::from_secs(240), || async {
+    let status = wait_for("hub Ready", Duration::from_secs(240), || async {
         let status = serde_json::to_value(hubs.get(HUB).await?.status)?;
-        Ok(matches!(condition(&status, "Ready"), Some((s, _, _)) if s == "True").then_some(()))
+        Ok(matches!(condition(&status, "Ready"), Some((s, _, _)) if s == "True").then_some(status))
     })
     .await?;
+    let ingest = condition(&status, "IngestAuthenticated").unwrap_or_default();
+    assert_eq!(
+        (ingest.0.as_str(), ingest.1.as_str()),
+        ("True", "BearerToken"),
+        "{status}"
+    );
     // Every pod must have loaded the allowed peers compiled from this ServiceACL (the kubelet
     // refreshes ConfigMap volumes lazily, up to a minute or more after a change): compare the
     // SHA-256 each pod reports on /status with the ConfigMap's content (contract: Health port).

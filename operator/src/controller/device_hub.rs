@@ -19,9 +19,9 @@ use super::{certs, network, Context, Error};
 use crate::crd::condition::{find, merge_conditions, Condition, ConditionStatus};
 use crate::crd::device_hub::{DeviceHub, DeviceHubStatus, ServiceStatus};
 use crate::resources::hub::{describe, resolve_services, ResolvedService, SpecError};
-use crate::resources::isolation;
 use crate::resources::names::{self, hub_selector};
 use crate::resources::workload::{self, HubContext};
+use crate::resources::{ingest, isolation};
 
 pub const KIND: &str = "DeviceHub";
 
@@ -125,6 +125,8 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
         services: &services,
     };
 
+    let ingest_auth = ingest::ingest_auth(hub.spec.hes.as_ref());
+    let ingest_source = ingest_auth_source(ctx, &ns, ingest_auth.as_ref()).await?;
     let certificates = certs::reconcile(ctx, hub, &hub_ctx, &regarding).await?;
     // Workloads and network policies are independent of each other.
     let (deployments, ()) = futures::try_join!(
@@ -264,6 +266,19 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
         certificates.rotation.2.clone(),
         generation,
     ));
+    let (ingest_ok, ingest_reason, ingest_message) =
+        ingest::auth_condition(&ns, ingest_auth.as_ref(), ingest_source);
+    conditions.push(Condition::new(
+        "IngestAuthenticated",
+        if ingest_ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        },
+        ingest_reason,
+        ingest_message,
+        generation,
+    ));
     let status = DeviceHubStatus {
         observed_generation: generation,
         conditions: merge_conditions(&old_status.conditions, conditions),
@@ -286,6 +301,47 @@ async fn reconcile_inner(hub: &DeviceHub, ctx: &Context) -> Result<Action, Error
         requeue = requeue.min(Duration::from_secs(30));
     }
     Ok(Action::requeue(requeue))
+}
+
+/// What exists of the Secret or ConfigMap `spec.hes.auth` names. Only the key names are looked at;
+/// the token itself is never kept, logged or compared here.
+async fn ingest_auth_source(
+    ctx: &Context,
+    ns: &str,
+    auth: Option<&ingest::IngestAuth<'_>>,
+) -> Result<ingest::AuthSource, Error> {
+    let get_failed = |kind: &str, name: &str| {
+        let (kind, name) = (kind.to_string(), name.to_string());
+        move |source| Error::Get { kind, name, source }
+    };
+    let (keys, wanted): (Option<Vec<String>>, &str) = match auth {
+        None => return Ok(ingest::AuthSource::NotFound),
+        Some(ingest::IngestAuth::Token { secret }) => (
+            Api::<Secret>::namespaced(ctx.client.clone(), ns)
+                .get_opt(secret)
+                .await
+                .map_err(get_failed("Secret", secret))?
+                .map(|s| s.data.unwrap_or_default().into_keys().collect()),
+            ingest::INGEST_TOKEN_KEY,
+        ),
+        Some(ingest::IngestAuth::ClientCa { config_map }) => (
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .get_opt(config_map)
+                .await
+                .map_err(get_failed("ConfigMap", config_map))?
+                .map(|c| {
+                    let data = c.data.unwrap_or_default().into_keys();
+                    let binary = c.binary_data.unwrap_or_default().into_keys();
+                    data.chain(binary).collect()
+                }),
+            ingest::INGEST_CA_KEY,
+        ),
+    };
+    Ok(match keys {
+        None => ingest::AuthSource::NotFound,
+        Some(keys) if keys.iter().any(|k| k == wanted) => ingest::AuthSource::Present,
+        Some(_) => ingest::AuthSource::KeyMissing,
+    })
 }
 
 /// How often a hub refused for a collision with another hub (or a Secret it may not read) looks

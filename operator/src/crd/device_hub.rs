@@ -267,7 +267,8 @@ pub struct DeviceHubStatus {
     /// The generation the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`, `CertificatesReady`, `CARotationInProgress`.
+    /// `Ready`, `Progressing`, `Degraded`, `CertificatesReady`, `CARotationInProgress`,
+    /// `IngestAuthenticated`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Ready services out of declared ones, for example `3/3`.

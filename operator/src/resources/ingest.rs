@@ -87,6 +87,79 @@ fn validate_auth(auth: &HesAuthSpec) -> Vec<SpecError> {
     errors
 }
 
+/// What the operator found of the object `spec.hes.auth` names (read before the status is built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthSource {
+    /// It exists and has the key the connector mounts.
+    Present,
+    /// It exists without that key.
+    KeyMissing,
+    /// It does not exist.
+    NotFound,
+}
+
+/// The `IngestAuthenticated` condition: whether the HES can deliver to the ingest port, and if not,
+/// the field and object to fix. `(status, reason, message)`; `source` is what was found of the
+/// object the configured authentication names (ignored when none is configured).
+pub fn auth_condition(
+    namespace: &str,
+    auth: Option<&IngestAuth<'_>>,
+    source: AuthSource,
+) -> (bool, &'static str, String) {
+    let Some(auth) = auth else {
+        return (
+            false,
+            "NotConfigured",
+            "spec.hes.auth is not set: the connector's ingest port answers 401 to every request; \
+             set spec.hes.auth.tokenSecret or spec.hes.auth.clientCaConfigMap"
+                .into(),
+        );
+    };
+    let (field, kind, name, key) = match auth {
+        IngestAuth::Token { secret } => ("tokenSecret", "Secret", *secret, INGEST_TOKEN_KEY),
+        IngestAuth::ClientCa { config_map } => {
+            ("clientCaConfigMap", "ConfigMap", *config_map, INGEST_CA_KEY)
+        }
+    };
+    match source {
+        AuthSource::NotFound => (
+            false,
+            if kind == "Secret" {
+                "SecretNotFound"
+            } else {
+                "ConfigMapNotFound"
+            },
+            format!(
+                "spec.hes.auth.{field}: {kind} {namespace}/{name} not found; the connector cannot \
+                 start until it exists (with key {key:?})"
+            ),
+        ),
+        AuthSource::KeyMissing => (
+            false,
+            "KeyMissing",
+            format!(
+                "spec.hes.auth.{field}: {kind} {namespace}/{name} has no key {key:?}; the \
+                 connector cannot start until it has"
+            ),
+        ),
+        AuthSource::Present => match auth {
+            IngestAuth::Token { .. } => (
+                true,
+                "BearerToken",
+                format!("the HES authenticates with the bearer token in Secret {namespace}/{name}"),
+            ),
+            IngestAuth::ClientCa { .. } => (
+                true,
+                "ClientCertificate",
+                format!(
+                    "the HES authenticates with a client certificate issued by the CA in \
+                     ConfigMap {namespace}/{name}"
+                ),
+            ),
+        },
+    }
+}
+
 /// config.json `hes` of the connector.
 pub fn hes_config(hes: &HesSpec) -> serde_json::Value {
     let auth = ingest_auth(Some(hes));
@@ -162,6 +235,44 @@ mod tests {
             fields(&h),
             ["spec.hes.rateLimit.perSecond", "spec.hes.rateLimit.burst"]
         );
+    }
+
+    #[test]
+    fn the_condition_names_the_field_and_object_to_fix() {
+        let (ok, reason, message) = auth_condition("park", None, AuthSource::NotFound);
+        assert!(!ok);
+        assert_eq!(reason, "NotConfigured");
+        assert!(message.contains("spec.hes.auth is not set"), "{message}");
+
+        let token = IngestAuth::Token {
+            secret: "hes-ingest-token",
+        };
+        let (ok, reason, message) = auth_condition("park", Some(&token), AuthSource::NotFound);
+        assert!(!ok);
+        assert_eq!(reason, "SecretNotFound");
+        assert!(
+            message.contains("spec.hes.auth.tokenSecret: Secret park/hes-ingest-token not found"),
+            "{message}"
+        );
+        let (ok, reason, message) = auth_condition("park", Some(&token), AuthSource::KeyMissing);
+        assert!(!ok);
+        assert_eq!(reason, "KeyMissing");
+        assert!(message.contains("has no key \"token\""), "{message}");
+        let (ok, reason, _) = auth_condition("park", Some(&token), AuthSource::Present);
+        assert!(ok);
+        assert_eq!(reason, "BearerToken");
+
+        let ca = IngestAuth::ClientCa {
+            config_map: "hes-ca",
+        };
+        let (ok, reason, message) = auth_condition("park", Some(&ca), AuthSource::NotFound);
+        assert!(!ok);
+        assert_eq!(reason, "ConfigMapNotFound");
+        assert!(message.contains("ConfigMap park/hes-ca"), "{message}");
+        assert!(message.contains("\"ca.crt\""), "{message}");
+        let (ok, reason, _) = auth_condition("park", Some(&ca), AuthSource::Present);
+        assert!(ok);
+        assert_eq!(reason, "ClientCertificate");
     }
 
     #[test]
