@@ -183,9 +183,9 @@ pub fn cert_inspect(data: &[u8]) {
         return;
     }
     let _ = mpm_services::tls::cert_info(data);
-    if let Ok(id) = mpm_services::tls::svid_spiffe_id(data) {
+    if let Ok(id) = mpm_spiffe::svid_spiffe_id(data) {
         assert!(
-            mpm_services::tls::validate_spiffe_id(&id).is_ok(),
+            mpm_spiffe::validate_spiffe_id(&id).is_ok(),
             "accepted SPIFFE ID {id:?} is not valid"
         );
         if let Some(info) = operator_view {

@@ -101,12 +101,12 @@ fn the_seeds_reach_the_checked_code() {
     .expect("two-rules.json parses");
     assert_eq!(acl.rules.peers.len(), 3);
 
-    let svid = mpm_services::tls::svid_spiffe_id(&seed("cert_inspect", "svid.der"));
+    let svid = mpm_spiffe::svid_spiffe_id(&seed("cert_inspect", "svid.der"));
     assert_eq!(
         svid.as_deref(),
         Ok("spiffe://cluster.local/ns/park/sa/demo-device-hub")
     );
-    assert!(mpm_services::tls::svid_spiffe_id(&seed("cert_inspect", "two-uris.der")).is_err());
+    assert!(mpm_spiffe::svid_spiffe_id(&seed("cert_inspect", "two-uris.der")).is_err());
 
     let jwt = String::from_utf8(seed("jwt", "expired-reader.txt")).expect("utf-8");
     let set = mpm_services::jwks::parse_jwks(&seed("jwks", "rsa.json")).expect("rsa.json");

@@ -48,7 +48,7 @@ pub enum AclError {
     Version(u32),
     #[error("allowed-peers.json has {0} peers, more than the limit of {MAX_PEERS}")]
     TooManyPeers(usize),
-    #[error("allowed-peers.json peer #{0} has an empty or non-spiffe spiffeId")]
+    #[error("allowed-peers.json peer #{0} has a spiffeId that is not a valid SPIFFE ID")]
     BadPeer(usize),
     #[error("allowed-peers.json peer #{index} field {field}: {reason}")]
     BadField {
@@ -213,7 +213,7 @@ impl Acl {
             return Err(AclError::TooManyPeers(rules.peers.len()));
         }
         for (i, p) in rules.peers.iter().enumerate() {
-            if !p.spiffe_id.starts_with("spiffe://") || p.spiffe_id.len() <= "spiffe://".len() {
+            if mpm_spiffe::validate_spiffe_id(&p.spiffe_id).is_err() {
                 return Err(AclError::BadPeer(i));
             }
             validate_entry(p).map_err(|(field, reason)| AclError::BadField {

@@ -12,16 +12,8 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-};
+use mpm_spiffe::{ClientIdentity, TrustAnchors, TrustSource};
+use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 
 use crate::config::{IngestAuthSource, RateLimitConfig};
@@ -29,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reload::{MaterialStore, WatchedFile};
 use crate::server::{json_error, PeerCertificate};
-use crate::tls::{provider, TlsError};
+use crate::tls::{StoreCertResolver, TlsError};
 
 /// Shortest token accepted from the mounted file (contract: Mounted files).
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -68,7 +60,7 @@ pub struct IngestAuth {
     source: IngestAuthSource,
     /// SHA-256 of the expected token (the token itself is not kept).
     token_sha256: RwLock<Option<[u8; 32]>>,
-    client_verifier: RwLock<Option<Arc<dyn ClientCertVerifier>>>,
+    client_ca: RwLock<Option<Arc<TrustAnchors>>>,
 }
 
 impl fmt::Debug for IngestAuth {
@@ -105,23 +97,10 @@ fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     diff == 0
 }
 
-/// A client CA verifier from a PEM bundle.
-pub fn client_verifier(pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err("no PEM certificate".into());
-    }
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
-        roots
-            .add(cert)
-            .map_err(|e| format!("certificate #{i}: {e}"))?;
-    }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| e.to_string())
+/// The HES client CA from a PEM bundle.
+pub fn client_ca(pem: &[u8]) -> Result<TrustAnchors, String> {
+    let roots = mpm_spiffe::roots_from_pem(pem, "ca.crt").map_err(|e| e.to_string())?;
+    TrustAnchors::new(roots).map_err(|e| e.to_string())
 }
 
 impl IngestAuth {
@@ -129,7 +108,7 @@ impl IngestAuth {
         Arc::new(Self {
             source,
             token_sha256: RwLock::new(None),
-            client_verifier: RwLock::new(None),
+            client_ca: RwLock::new(None),
         })
     }
 
@@ -159,10 +138,9 @@ impl IngestAuth {
                     kind: "ingest-ca",
                     path: path.clone(),
                     load: Box::new(move |bytes| {
-                        let verifier = client_verifier(bytes)?;
-                        *me.client_verifier
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner()) = Some(verifier);
+                        let anchors = client_ca(bytes)?;
+                        *me.client_ca.write().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Arc::new(anchors));
                         Ok(())
                     }),
                 });
@@ -209,103 +187,21 @@ impl IngestAuth {
         self: &Arc<Self>,
         store: Arc<MaterialStore>,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let provider = provider();
-        let verifier = Arc::new(IngestClientVerifier {
-            auth: self.clone(),
-            provider: provider.clone(),
-        });
-        let cfg = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(OwnCertificate(store)));
-        Ok(Arc::new(cfg))
+        let identity = Arc::new(StoreCertResolver(store));
+        mpm_spiffe::mtls_server_config(self.clone(), ClientIdentity::AnyCertificate, identity)
+            .map_err(|e| TlsError::Config(e.to_string()))
     }
 }
 
-/// Presents the connector's current certificate.
-#[derive(Debug)]
-struct OwnCertificate(Arc<MaterialStore>);
-
-impl ResolvesServerCert for OwnCertificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.identity().map(|i| i.certified_key.clone())
-    }
-}
-
-/// Requires a client certificate that chains to the currently loaded ingest CA.
-struct IngestClientVerifier {
-    auth: Arc<IngestAuth>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl fmt::Debug for IngestClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("IngestClientVerifier")
-    }
-}
-
-impl ClientCertVerifier for IngestClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verifier = self
-            .auth
-            .client_verifier
+/// In client-CA mode, the HES's certificate must chain to the currently loaded ingest CA; none
+/// loaded refuses every handshake.
+impl TrustSource for IngestAuth {
+    fn anchors(&self) -> Result<Arc<TrustAnchors>, rustls::Error> {
+        self.client_ca
             .read()
             .ok()
             .and_then(|g| g.clone())
-            .ok_or_else(|| rustls::Error::General("no ingest client CA loaded".into()))?;
-        verifier.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+            .ok_or_else(|| rustls::Error::General("no ingest client CA loaded".into()))
     }
 }
 
@@ -483,10 +379,9 @@ mod tests {
 
     #[test]
     fn a_client_ca_needs_a_certificate() {
-        assert!(client_verifier(b"").is_err());
+        assert!(client_ca(b"").is_err());
         assert!(
-            client_verifier(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
-                .is_err()
+            client_ca(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n").is_err()
         );
     }
 }

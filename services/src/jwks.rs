@@ -13,8 +13,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::time::Instant;
 
@@ -232,25 +231,13 @@ fn read_ca_bundle(path: &Path) -> Result<Vec<u8>, JwksError> {
     })
 }
 
-/// The certificates of a PEM bundle read from `path` (named in errors).
+/// The certificates of a PEM bundle read from `path` (named in errors), by the rules of every
+/// other bundle (`mpm_spiffe::roots_from_pem`).
 fn roots_from_pem(pem: &[u8], path: &Path) -> Result<RootCertStore, JwksError> {
-    let err = |reason: String| JwksError::CaBundle {
+    mpm_spiffe::roots_from_pem(pem, &path.display().to_string()).map_err(|e| JwksError::CaBundle {
         path: path.display().to_string(),
-        reason,
-    };
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no PEM certificate".into()));
-    }
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
-        roots
-            .add(cert)
-            .map_err(|e| err(format!("certificate #{i}: {e}")))?;
-    }
-    Ok(roots)
+        reason: e.to_string(),
+    })
 }
 
 fn tls_config(roots: RootCertStore, url: &JwksUrl) -> Result<Arc<ClientConfig>, JwksError> {

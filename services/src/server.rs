@@ -474,7 +474,7 @@ async fn serve_connection(
                 }
             };
             let chain = stream.get_ref().1.peer_certificates();
-            let peer = chain.and_then(crate::tls::peer_spiffe_id);
+            let peer = chain.and_then(mpm_spiffe::peer_spiffe_id);
             let certificate = chain
                 .and_then(|c| c.first())
                 .map(|leaf| PeerCertificate(crate::util::sha256_hex(leaf.as_ref())));

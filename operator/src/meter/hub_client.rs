@@ -41,7 +41,7 @@ use super::hub_batch::{
     batch_loop, match_batch_results, match_delete_results, reply_all, BatchAnswer, BatchResult,
     Pending,
 };
-pub use super::hub_tls::{client_config, spiffe_ids, SpiffeServerVerifier};
+pub use super::hub_tls::{client_config, spiffe_ids};
 use super::state::DeviceRecord;
 use crate::crd::meter::{DesiredState, Location, MeterSpec};
 use crate::resources::names;

@@ -141,7 +141,7 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
         detail,
     })?;
     Ok(SpiffeId {
-        uri: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
+        uri: mpm_spiffe::spiffe_id(trust_domain, namespace, service_account),
         trust_domain_len: trust_domain.len(),
     })
 }

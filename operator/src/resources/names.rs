@@ -132,9 +132,9 @@ pub fn hub_objects(hub: &str) -> Vec<(OwnedKind, String)> {
     ]
 }
 
-/// `spiffe://<td>/ns/<ns>/sa/<sa>`.
+/// `spiffe://<td>/ns/<ns>/sa/<sa>` (the format lives in `mpm_spiffe`, shared with the services).
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+    mpm_spiffe::spiffe_id(trust_domain, namespace, service_account)
 }
 
 /// In-cluster HTTPS URL of a service.
